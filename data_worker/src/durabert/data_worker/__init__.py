@@ -1,0 +1,1 @@
+"""durabert data worker."""

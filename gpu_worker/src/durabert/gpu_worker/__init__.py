@@ -1,0 +1,1 @@
+"""durabert gpu worker."""

@@ -1,0 +1,27 @@
+"""``durabert-gpu-worker``: fine-tuning and inference on ``gpu-queue``."""
+
+from durabert.shared.cli_support import run_worker_main
+from durabert.shared.runner import WorkerSpec
+from durabert.shared.settings import DurabertSettings
+
+
+def build_spec(settings: DurabertSettings) -> WorkerSpec:
+    """Describe the GPU worker: its queue, activities and one slot per GPU.
+
+    Args:
+        settings: durabert settings.
+
+    Returns:
+        The worker spec.
+    """
+    return WorkerSpec(
+        role="gpu",
+        task_queue=settings.queues.gpu,
+        activities=[],
+        max_concurrent_activities=settings.gpu.max_concurrent_activities,
+    )
+
+
+def main() -> None:
+    """Run the GPU worker until SIGTERM or SIGINT."""
+    run_worker_main(build_spec)

@@ -1,0 +1,36 @@
+"""Typed declarations of the activities, for callers that must not import the workers.
+
+The orchestrator passes these stubs to ``workflow.execute_activity`` so calls are
+type-checked without importing torch or datasets; each worker registers its real
+implementation under the same name.
+"""
+
+from temporalio import activity
+
+from durabert.shared import names
+from durabert.shared.models import (
+    BertFineTuneRequest,
+    BertFineTuneResult,
+    BertInferenceRequest,
+    BertInferenceResult,
+    DatasetSnapshotRequest,
+    DatasetSnapshotResult,
+)
+
+
+@activity.defn(name=names.CREATE_DATASET_SNAPSHOT)
+async def create_dataset_snapshot(request: DatasetSnapshotRequest) -> DatasetSnapshotResult:
+    """Freeze a dataset into a content-addressed snapshot (runs on the data worker)."""
+    raise NotImplementedError("declaration only: the data worker implements this activity")
+
+
+@activity.defn(name=names.FINE_TUNE_BERT)
+async def fine_tune_bert(request: BertFineTuneRequest) -> BertFineTuneResult:
+    """Fine-tune with checkpoints and resume (runs on the GPU worker)."""
+    raise NotImplementedError("declaration only: the GPU worker implements this activity")
+
+
+@activity.defn(name=names.RUN_BERT_INFERENCE)
+async def run_bert_inference(request: BertInferenceRequest) -> BertInferenceResult:
+    """Classify texts with a finished run's model (runs on the GPU worker)."""
+    raise NotImplementedError("declaration only: the GPU worker implements this activity")

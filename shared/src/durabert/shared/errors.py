@@ -1,0 +1,124 @@
+"""Error types shared by workers and workflows.
+
+Temporal decides whether to retry from the ``type`` of an ``ApplicationError``; these
+names are the contract: the workflow's retry policies list the non-retryable ones.
+"""
+
+from enum import StrEnum
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from temporalio.exceptions import ApplicationError
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+class ErrorType(StrEnum):
+    """``ApplicationError.type`` values used across durabert."""
+
+    INVALID_INPUT = "InvalidInputError"
+    """A request field has a value that is not allowed. Never retried."""
+    CONFIGURATION = "ConfigurationError"
+    """The request is well-formed but the model, data or worker cannot satisfy it. Never retried."""
+    NOT_FOUND = "ArtifactNotFoundError"
+    """A referenced run, model or snapshot does not exist. Never retried."""
+    ARTIFACT_STORE = "ArtifactStoreError"
+    """The artifact store cannot be written (permissions, full disk). Retried: an operator may fix it."""
+    PREEMPTED = "WorkerPreemptedError"
+    """The worker is shutting down; the work was checkpointed and will resume elsewhere. Retried."""
+
+
+NON_RETRYABLE_ERROR_TYPES: tuple[str, ...] = (
+    ErrorType.INVALID_INPUT.value,
+    ErrorType.CONFIGURATION.value,
+    ErrorType.NOT_FOUND.value,
+)
+"""Error types that no retry can fix: they go into every retry policy's ``non_retryable_error_types``."""
+
+
+def invalid_input(message: str, *, field: str | None = None) -> ApplicationError:
+    """Build a non-retryable error for a bad request value.
+
+    Args:
+        message: What is wrong and what is allowed.
+        field: The offending field, put in front of the message when given.
+
+    Returns:
+        An ``ApplicationError`` of type ``InvalidInputError`` to raise.
+    """
+    text = f"{field}: {message}" if field else message
+    return ApplicationError(text, type=ErrorType.INVALID_INPUT, non_retryable=True)
+
+
+def configuration_error(message: str) -> ApplicationError:
+    """Build a non-retryable error for a request the model, data or worker cannot satisfy.
+
+    Args:
+        message: What cannot be satisfied and how to fix it.
+
+    Returns:
+        An ``ApplicationError`` of type ``ConfigurationError`` to raise.
+    """
+    return ApplicationError(message, type=ErrorType.CONFIGURATION, non_retryable=True)
+
+
+def not_found(message: str) -> ApplicationError:
+    """Build a non-retryable error for a missing run, model or snapshot.
+
+    Args:
+        message: What was looked for and where.
+
+    Returns:
+        An ``ApplicationError`` of type ``ArtifactNotFoundError`` to raise.
+    """
+    return ApplicationError(message, type=ErrorType.NOT_FOUND, non_retryable=True)
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """Render a Pydantic validation error as one line per field, naming each field.
+
+    Args:
+        error: The error raised by ``model_validate``.
+
+    Returns:
+        Lines such as ``learning_rate: Input should be greater than 0 (got -1)``.
+    """
+    lines = []
+    for item in error.errors(include_url=False):
+        location = ".".join(str(part) for part in item["loc"]) or "(input)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown field (check the spelling; unknown keys are refused, not ignored)"
+        got = _short_repr(item.get("input")) if item["type"] != "missing" else None
+        lines.append(f"{location}: {message}" + (f" (got {got})" if got is not None else ""))
+    return "\n".join(lines)
+
+
+def parse_input(model: type[ModelT], raw: ModelT | dict[str, Any]) -> ModelT:
+    """Validate a workflow or activity input, turning a bad one into a non-retryable error.
+
+    Workflows take ``Model | dict`` so that JSON which fails validation still reaches
+    the workflow code (instead of failing the workflow task forever) and can be refused
+    with a message that names each bad field.
+
+    Args:
+        model: The Pydantic model the input must satisfy.
+        raw: The decoded input: already a model, or a plain dict from JSON.
+
+    Returns:
+        The validated model.
+
+    Raises:
+        ApplicationError: ``InvalidInputError`` naming every bad field.
+    """
+    if isinstance(raw, model):
+        return raw
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise invalid_input(f"invalid {model.__name__}:\n{describe_validation_error(exc)}") from None
+
+
+def _short_repr(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,337 @@
+"""The Pydantic contract between the CLI, the workflows and the three workers.
+
+The model names and their original fields follow the Temporal + BERT checkpointing
+tutorial that durabert grew from, so its users recognise them. Every model forbids
+unknown keys: a typo such as ``learning_rat`` is refused, never trained with a default.
+
+Paths inside payloads (snapshots, checkpoints, models) are *relative to the artifact
+root*, so workers that mount the shared store at different places agree on them.
+"""
+
+import re
+from typing import Annotated, Final, Literal, Self
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+DEFAULT_MODEL_NAME: Final = "sentence-transformers/all-MiniLM-L6-v2"
+"""The offline default: the GPU worker maps this hub id to the packaged all-MiniLM-L6-v2."""
+
+MAX_INFERENCE_TEXTS: Final = 256
+"""Most texts one inference request may carry (keeps history far below Temporal's 2 MB limit)."""
+MAX_INFERENCE_TEXT_CHARS: Final = 10_000
+"""Most characters one inference text may have."""
+
+RUN_ID_PATTERN: Final = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,61}[a-z0-9])?$")
+"""A run id is a safe folder name and a valid Kubernetes label value."""
+
+
+def _check_run_id(value: str) -> str:
+    if not RUN_ID_PATTERN.fullmatch(value) or ".." in value:
+        raise ValueError(
+            "must be 1-63 characters of a-z, 0-9, '.', '_' or '-', start and end with a "
+            "letter or digit, and contain no '..' (it names a folder and a Kubernetes label)"
+        )
+    return value
+
+
+def _check_relative_path(value: str) -> str:
+    parts = value.replace("\\", "/").split("/")
+    if value.startswith(("/", "~")) or ".." in parts or not value.strip():
+        raise ValueError("must be a path relative to the artifact root, without '..'")
+    return value
+
+
+RunId = Annotated[str, AfterValidator(_check_run_id)]
+"""A validated run identifier."""
+ArtifactPath = Annotated[str, AfterValidator(_check_relative_path)]
+"""A path inside the artifact store, relative to its root."""
+DataFiles = str | list[str] | dict[str, str | list[str]]
+"""Local paths, globs or URLs as ``datasets.load_dataset(data_files=...)`` takes them."""
+
+
+class ContractModel(BaseModel):
+    """Base of every contract model: unknown keys are errors and field docstrings are descriptions."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+
+FILE_LOADERS: Final = frozenset({"json", "csv", "parquet"})
+"""``dataset_name`` values that read ``data_files`` instead of a hub dataset."""
+
+
+class _DatasetSource(ContractModel):
+    """Where a dataset comes from and which columns hold text and labels."""
+
+    dataset_name: str = Field(min_length=1)
+    """A hub dataset id (e.g. ``glue``), or ``json``/``csv``/``parquet`` together with ``data_files``."""
+    data_files: DataFiles | None = None
+    """Local paths, globs or URLs of the data files, for ``json``/``csv``/``parquet`` sources."""
+    text_field: str = Field(default="text", min_length=1)
+    """Column holding the text to classify."""
+    text_pair_field: str | None = None
+    """Optional second text column, for sentence-pair tasks."""
+    label_field: str = Field(default="label", min_length=1)
+    """Column holding the label: integers or strings."""
+    eval_split_names: list[str] = Field(default_factory=lambda: ["validation", "test"])
+    """Source splits used for evaluation, first present wins; otherwise ``eval_fraction`` is held out."""
+    eval_fraction: float = Field(default=0.1, gt=0.0, lt=1.0)
+    """Share of train held out (with ``seed``) when the source has no eval split."""
+    shuffle_before_select: bool = True
+    """Shuffle with ``seed`` before taking ``max_*_samples``, never the first N rows of a sorted split."""
+    seed: int = Field(default=42, ge=0)
+    """Seed for shuffling, the held-out split and training."""
+    trust_remote_code: bool = False
+    """Allow a hub dataset to run its own loading script. Off unless asked for and the worker allows it."""
+
+    @model_validator(mode="after")
+    def _files_need_a_file_loader(self) -> Self:
+        if self.dataset_name in FILE_LOADERS and not self.data_files:
+            raise ValueError(
+                f"data_files is required when dataset_name is {self.dataset_name!r} "
+                f"(one of {', '.join(sorted(FILE_LOADERS))})"
+            )
+        return self
+
+
+class DatasetSnapshotRequest(_DatasetSource):
+    """Request to freeze a dataset into a content-addressed snapshot."""
+
+    run_id: RunId
+    """Training run requesting this snapshot (for logs; the snapshot itself is shared by content)."""
+    dataset_config: str | None = None
+    """Hub dataset configuration name (e.g. ``sst2``)."""
+    max_samples: int | None = Field(default=None, ge=1)
+    """Most training rows to keep, taken after a seeded shuffle."""
+    max_eval_samples: int | None = Field(default=None, ge=1)
+    """Most evaluation rows to keep, taken after a seeded shuffle."""
+
+
+class DatasetSnapshotResult(ContractModel):
+    """A materialised snapshot, mirroring its ``manifest.json``."""
+
+    snapshot_id: str
+    """Stable id derived from the content hash: same content, same id."""
+    dataset_name: str
+    """Source dataset name as requested."""
+    dataset_config: str | None = None
+    """Source configuration name as requested."""
+    num_train_samples: int = Field(ge=0)
+    """Rows in the training split."""
+    num_eval_samples: int = Field(ge=0)
+    """Rows in the evaluation split."""
+    data_hash: str
+    """SHA-256 over every row's text(s) and label and the label names."""
+    snapshot_timestamp: str
+    """ISO 8601 time the snapshot was first written."""
+    snapshot_path: ArtifactPath
+    """Snapshot folder, relative to the artifact root."""
+    label_names: list[str] = Field(min_length=2)
+    """Sorted label names; a label's index is its id."""
+    text_field: str
+    """Text column in the stored splits."""
+    text_pair_field: str | None = None
+    """Second text column in the stored splits, if any."""
+    label_field: str
+    """Label column (integer ids) in the stored splits."""
+    cache_hit: bool = False
+    """True when the snapshot already existed and was reused without rewriting."""
+    dataset_schema: dict[str, str] | None = None
+    """Schema hints (field names, task type, label count), kept from the tutorial's result."""
+
+
+class CheckpointInfo(ContractModel):
+    """A saved checkpoint or a progress update, sent to the workflow as ``update_checkpoint``."""
+
+    epoch: float = Field(ge=0)
+    """Training epoch (fractional) at this point."""
+    step: int = Field(ge=0)
+    """Global optimizer step."""
+    path: ArtifactPath | None = None
+    """Complete checkpoint folder relative to the artifact root; None for a progress-only update."""
+    loss: float | None = None
+    """Latest training loss, if one was logged."""
+    timestamp: str
+    """ISO 8601 time of the event."""
+    max_steps: int | None = Field(default=None, ge=1)
+    """Planned total optimizer steps."""
+    attempt: int = Field(default=1, ge=1)
+    """Activity attempt that produced the event."""
+
+
+class BertFineTuneConfig(_DatasetSource):
+    """Everything a training run needs; the training workflow's input."""
+
+    model_name: str = Field(default=DEFAULT_MODEL_NAME, min_length=1)
+    """Hub model id or a local model folder. The default is the packaged all-MiniLM-L6-v2."""
+    dataset_config_name: str | None = None
+    """Hub dataset configuration name (e.g. ``sst2``)."""
+    num_epochs: float = Field(default=1.0, gt=0, le=100)
+    """Training epochs (ignored when ``max_steps`` is set)."""
+    max_steps: int | None = Field(default=None, ge=1, le=10_000_000)
+    """Total optimizer steps; overrides ``num_epochs`` when set."""
+    batch_size: int = Field(default=16, ge=1, le=4096)
+    """Per-device training batch size."""
+    learning_rate: float = Field(default=5e-5, gt=0, le=1.0)
+    """Peak learning rate of AdamW."""
+    max_seq_length: int = Field(default=128, ge=8, le=512)
+    """Tokens per example after truncation."""
+    max_train_samples: int | None = Field(default=None, ge=1)
+    """Most training rows to use, taken after a seeded shuffle."""
+    max_eval_samples: int | None = Field(default=None, ge=1)
+    """Most evaluation rows to use, taken after a seeded shuffle."""
+    task_type: Literal["classification"] = "classification"
+    """Single-label sequence classification (the only task durabert trains today)."""
+    use_gpu: bool = True
+    """Use CUDA or Apple MPS when the worker has one; False forces CPU."""
+    checkpoint_steps: int = Field(default=50, ge=1)
+    """Save a checkpoint every N optimizer steps."""
+    save_total_limit: int = Field(default=3, ge=1, le=100)
+    """Most checkpoints kept on disk for the run (older ones are deleted)."""
+    heartbeat_timeout_seconds: int = Field(default=60, ge=5, le=3600)
+    """A training worker silent this long is presumed dead and the attempt is retried."""
+    max_attempts: int = Field(default=5, ge=1, le=100)
+    """Most attempts of the fine-tuning activity (first try included)."""
+    run_id: RunId | None = None
+    """Run identifier (folder and workflow id); derived from the workflow id when empty."""
+
+    def snapshot_request(self, run_id: str) -> DatasetSnapshotRequest:
+        """Build the data worker's request for this config.
+
+        Args:
+            run_id: The normalised run id.
+
+        Returns:
+            The snapshot request with this config's source, fields and sampling.
+        """
+        return DatasetSnapshotRequest(
+            **self.model_dump(include=set(_DatasetSource.model_fields)),
+            run_id=run_id,
+            dataset_config=self.dataset_config_name,
+            max_samples=self.max_train_samples,
+            max_eval_samples=self.max_eval_samples,
+        )
+
+
+class BertFineTuneRequest(ContractModel):
+    """Input of the ``fine_tune_bert`` activity."""
+
+    run_id: RunId
+    """Run identifier; artifacts go to ``runs/<run_id>/``."""
+    config: BertFineTuneConfig
+    """The run's configuration."""
+    dataset_snapshot: DatasetSnapshotResult
+    """The snapshot to train on (training never reads the raw source)."""
+    resume_from_checkpoint: ArtifactPath | None = None
+    """Latest checkpoint the workflow knows; the worker also scans the run folder for a newer complete one."""
+
+
+class BertFineTuneResult(ContractModel):
+    """Outcome of a fine-tuning run."""
+
+    run_id: RunId
+    """Echoed run identifier."""
+    config: BertFineTuneConfig
+    """Configuration actually used."""
+    train_loss: float
+    """Mean training loss reported by the Trainer."""
+    eval_metrics: dict[str, float] | None = None
+    """Metrics of the final evaluation (``eval_loss``, ``eval_accuracy``, ...)."""
+    training_time_seconds: float = Field(ge=0)
+    """Wall time of the last attempt's training, in seconds."""
+    num_parameters: int = Field(ge=0)
+    """Trainable parameters of the model."""
+    dataset_snapshot: DatasetSnapshotResult | None = None
+    """Snapshot trained on."""
+    total_checkpoints_saved: int = Field(ge=0)
+    """Checkpoints saved over all attempts."""
+    inferred_text_field: str | None = None
+    """Text column used (from the snapshot)."""
+    inferred_text_pair_field: str | None = None
+    """Second text column used, if any."""
+    inferred_label_field: str | None = None
+    """Label column used."""
+    inferred_task_type: str | None = None
+    """Task type trained."""
+    inferred_num_labels: int | None = None
+    """Number of classes."""
+    global_step: int = Field(ge=0)
+    """Optimizer steps completed at the end of training."""
+    resumed_from_step: int | None = None
+    """Step of the checkpoint the final attempt resumed from; None when it never resumed."""
+    attempts: int = Field(ge=1)
+    """Activity attempt that finished the run."""
+    device: str
+    """Device trained on: ``cuda``, ``mps`` or ``cpu``."""
+    model_path: ArtifactPath
+    """Final model folder relative to the artifact root (loadable by ``transformers.pipeline``)."""
+    label_names: list[str] = Field(default_factory=list)
+    """Class names; a label's index is its id."""
+
+
+class BertInferenceRequest(ContractModel):
+    """Input of inference: texts to classify with a finished run's model."""
+
+    run_id: RunId
+    """Run whose final model to use."""
+    texts: list[Annotated[str, Field(max_length=MAX_INFERENCE_TEXT_CHARS)]] = Field(
+        min_length=1, max_length=MAX_INFERENCE_TEXTS
+    )
+    """Texts to classify: 1 to 256 of at most 10,000 characters each."""
+    max_seq_length: int = Field(default=128, ge=8, le=512)
+    """Tokens per text after truncation."""
+    batch_size: int = Field(default=32, ge=1, le=1024)
+    """Texts per forward pass."""
+    use_gpu: bool = True
+    """Use CUDA or Apple MPS when the worker has one."""
+
+
+class BertInferenceResult(ContractModel):
+    """Predictions for a batch of texts."""
+
+    run_id: RunId
+    """Run whose model was used."""
+    texts: list[str]
+    """The classified texts, in order."""
+    predicted_labels: list[int]
+    """Predicted class id per text."""
+    predicted_label_names: list[str]
+    """Predicted class name per text."""
+    confidences: list[float]
+    """Softmax probability of the predicted class per text."""
+    label_names: list[str]
+    """All class names of the model; a label's index is its id."""
+    device: str = "cpu"
+    """Device the model ran on."""
+
+
+TrainingStage = Literal["pending", "snapshotting", "training", "completed", "failed", "cancelled"]
+"""Where a training workflow is."""
+
+
+class TrainingProgress(ContractModel):
+    """Answer of the ``get_progress`` query."""
+
+    run_id: str | None = None
+    """Run identifier, once normalised."""
+    stage: TrainingStage = "pending"
+    """Current stage of the workflow."""
+    snapshot_id: str | None = None
+    """Snapshot being trained on, once known."""
+    step: int = Field(default=0, ge=0)
+    """Latest optimizer step reported."""
+    max_steps: int | None = None
+    """Planned total steps, once training has started."""
+    epoch: float = 0.0
+    """Latest (fractional) epoch reported."""
+    loss: float | None = None
+    """Latest training loss reported."""
+    latest_checkpoint: CheckpointInfo | None = None
+    """Newest complete checkpoint."""
+    checkpoints_saved: int = Field(default=0, ge=0)
+    """Checkpoints reported so far over all attempts."""
+    attempt: int = Field(default=0, ge=0)
+    """Fine-tuning attempt that sent the latest event."""
+    resumes: int = Field(default=0, ge=0)
+    """Times training restarted from a checkpoint."""
+    error: str | None = None
+    """Failure message when the stage is ``failed``."""

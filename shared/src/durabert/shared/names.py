@@ -1,0 +1,32 @@
+"""Names that cross process boundaries: task queues, workflows, activities, signals, queries.
+
+Every worker and client takes these from here, so a rename happens in one place.
+"""
+
+from typing import Final
+
+DATA_QUEUE: Final = "data-queue"
+"""Default task queue of the CPU data worker (snapshots)."""
+GPU_QUEUE: Final = "gpu-queue"
+"""Default task queue of the GPU worker (fine-tuning and inference)."""
+ORCHESTRATOR_QUEUE: Final = "orchestrator-queue"
+"""Default task queue of the orchestrator worker (workflows)."""
+
+CREATE_DATASET_SNAPSHOT: Final = "create_dataset_snapshot"
+"""Activity: freeze a dataset into a content-addressed snapshot."""
+FINE_TUNE_BERT: Final = "fine_tune_bert"
+"""Activity: checkpointed, resumable fine-tuning."""
+RUN_BERT_INFERENCE: Final = "run_bert_inference"
+"""Activity: batch inference with a warm model."""
+
+TRAINING_WORKFLOW: Final = "CheckpointedBertTrainingWorkflow"
+"""Workflow type: snapshot, then fine-tune with checkpoints."""
+INFERENCE_WORKFLOW: Final = "BertInferenceWorkflow"
+"""Workflow type: one inference activity."""
+
+UPDATE_CHECKPOINT_SIGNAL: Final = "update_checkpoint"
+"""Signal: training reports a saved checkpoint or progress."""
+GET_LATEST_CHECKPOINT_QUERY: Final = "get_latest_checkpoint"
+"""Query: the newest complete checkpoint the workflow knows."""
+GET_PROGRESS_QUERY: Final = "get_progress"
+"""Query: stage, step, epoch, loss, attempts of a training run."""

@@ -1,0 +1,226 @@
+"""Settings read from the environment (prefix ``DURABERT_``, ``__`` for nesting).
+
+One class holds every role's section, because one ConfigMap feeds every role and an
+unknown ``DURABERT_*`` variable is refused (so a typo never silently falls back to a
+default). A worker with a bad setting refuses to start with a message naming the variable.
+"""
+
+import os
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Literal, NoReturn, TypeVar
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from durabert.shared import names
+
+ENV_PREFIX = "DURABERT_"
+"""Prefix of every durabert environment variable."""
+
+
+class TemporalSettings(BaseModel):
+    """How to reach the Temporal service."""
+
+    address: str = "localhost:7233"
+    """``host:port`` of the Temporal frontend (``DURABERT_TEMPORAL__ADDRESS``)."""
+    namespace: str = Field(default="default", min_length=1)
+    """Temporal namespace."""
+    tls: bool = False
+    """Use TLS with the system's trusted CAs (implied by any certificate path or an API key)."""
+    tls_ca_path: Path | None = None
+    """PEM file of the CA that signed the server certificate."""
+    tls_cert_path: Path | None = None
+    """PEM client certificate for mutual TLS."""
+    tls_key_path: Path | None = None
+    """PEM private key of the client certificate."""
+    tls_server_name: str | None = None
+    """Override of the TLS server name (SNI)."""
+    api_key: SecretStr | None = None
+    """Temporal Cloud API key (never logged)."""
+
+    @field_validator("address")
+    @classmethod
+    def _host_and_port(cls, value: str) -> str:
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"must be host:port, such as localhost:7233 (got {value!r})")
+        return value
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> "TemporalSettings":
+        if (self.tls_cert_path is None) != (self.tls_key_path is None):
+            raise ValueError("tls_cert_path and tls_key_path must be set together")
+        for path in (self.tls_ca_path, self.tls_cert_path, self.tls_key_path):
+            if path is not None and not path.is_file():
+                raise ValueError(f"TLS file {path} does not exist")
+        return self
+
+
+class QueueSettings(BaseModel):
+    """Task queue names; defaults come from :mod:`durabert.shared.names`."""
+
+    data: str = Field(default=names.DATA_QUEUE, min_length=1)
+    """Data worker queue."""
+    gpu: str = Field(default=names.GPU_QUEUE, min_length=1)
+    """GPU worker queue."""
+    orchestrator: str = Field(default=names.ORCHESTRATOR_QUEUE, min_length=1)
+    """Orchestrator (workflow) queue."""
+
+
+class WorkerSettings(BaseModel):
+    """Knobs of a worker process."""
+
+    graceful_shutdown_timeout_seconds: float = Field(default=30.0, ge=0, le=3600)
+    """How long a stopping worker lets running activities finish before cancelling them."""
+    max_concurrent_workflow_tasks: int | None = Field(default=None, ge=1, le=10_000)
+    """Workflow task slots; None takes the SDK default."""
+    health_port: int | None = Field(default=None, ge=1, le=65535)
+    """Port of the ``/healthz`` endpoint (for Kubernetes probes); None serves none."""
+
+
+class DataWorkerSettings(BaseModel):
+    """Knobs of the data worker (``DURABERT_DATA__*``)."""
+
+    max_concurrent_activities: int = Field(default=2, ge=1, le=1000)
+    """Snapshots built at once by one data worker."""
+    allow_trust_remote_code: bool = False
+    """Whether a request may ask a hub dataset to run its own loading code."""
+
+
+class GpuWorkerSettings(BaseModel):
+    """Knobs of the GPU worker (``DURABERT_GPU__*``)."""
+
+    device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
+    """``auto`` prefers CUDA, then Apple MPS, then CPU; the others force one."""
+    max_concurrent_activities: int = Field(default=1, ge=1, le=64)
+    """Activity slots: one per GPU, so queued runs wait instead of oversubscribing the device."""
+    inference_cache_size: int = Field(default=2, ge=1, le=64)
+    """Models kept warm for inference (least recently used is dropped)."""
+
+
+class DurabertSettings(BaseSettings):
+    """Settings every durabert process shares."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        use_attribute_docstrings=True,
+    )
+
+    temporal: TemporalSettings = Field(default_factory=TemporalSettings)
+    """Temporal connection."""
+    queues: QueueSettings = Field(default_factory=QueueSettings)
+    """Task queue names."""
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    """Worker process knobs."""
+    data: DataWorkerSettings = Field(default_factory=DataWorkerSettings)
+    """Data worker knobs."""
+    gpu: GpuWorkerSettings = Field(default_factory=GpuWorkerSettings)
+    """GPU worker knobs."""
+    artifact_root: Path = Field(default_factory=lambda: Path.home() / ".durabert" / "artifacts")
+    """Shared store of snapshots, checkpoints and models; every worker mounts it."""
+    data_dir: Path = Field(default_factory=lambda: Path.home() / ".durabert" / "data")
+    """Folder of downloaded demo data (readable by runs by default)."""
+    allowed_data_roots: list[Path] | None = None
+    """Folders a run may read local data files from (JSON list); default: artifact root and data_dir."""
+    log_format: Literal["auto", "console", "json"] = "auto"
+    """``console`` for people, ``json`` for log collectors, ``auto`` picks by whether stderr is a terminal."""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Lowest level logged."""
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    """Port of the Prometheus metrics endpoint of the Temporal runtime; None exports none."""
+
+    @property
+    def data_roots(self) -> list[Path]:
+        """Folders local data files may come from, resolved."""
+        roots = self.allowed_data_roots or [self.artifact_root, self.data_dir]
+        return [root.expanduser().resolve() for root in roots]
+
+
+SettingsT = TypeVar("SettingsT", bound=DurabertSettings)
+
+
+def env_var_name(location: tuple[str | int, ...]) -> str:
+    """Name the environment variable behind a settings field.
+
+    Args:
+        location: The field's location, as in a Pydantic error (``("temporal", "address")``).
+
+    Returns:
+        ``DURABERT_TEMPORAL__ADDRESS`` for the example above.
+    """
+    return ENV_PREFIX + "__".join(str(part).upper() for part in location)
+
+
+def describe_settings_error(error: ValidationError) -> str:
+    """Render a settings error with one line per bad environment variable.
+
+    Args:
+        error: The error raised when the settings were read.
+
+    Returns:
+        Lines such as ``DURABERT_TEMPORAL__ADDRESS: String should match pattern ...``.
+    """
+    lines = []
+    for item in error.errors(include_url=False):
+        location = tuple(item["loc"])
+        if item["type"] == "extra_forbidden" and location:
+            message = "not a durabert setting (check the spelling)"
+        else:
+            message = item["msg"]
+        lines.append(f"  {env_var_name(location) if location else ENV_PREFIX + '*'}: {message}")
+    return "invalid durabert settings:\n" + "\n".join(lines)
+
+
+def load_settings(settings_class: type[SettingsT]) -> SettingsT:
+    """Read settings from the environment or exit with a message naming each bad variable.
+
+    Args:
+        settings_class: The deployable's settings class.
+
+    Returns:
+        The settings.
+    """
+    unknown = unknown_env_vars(settings_class, os.environ)
+    if unknown:
+        _exit_with(
+            "invalid durabert settings:\n"
+            + "\n".join(f"  {name}: not a durabert setting (check the spelling)" for name in unknown)
+        )
+    try:
+        return settings_class()
+    except ValidationError as exc:
+        _exit_with(describe_settings_error(exc))
+
+
+def unknown_env_vars(settings_class: type[BaseModel], environ: Mapping[str, str]) -> list[str]:
+    """List ``DURABERT_*`` variables that name no setting, so a typo is never silently ignored.
+
+    Args:
+        settings_class: The settings class whose fields define the valid names.
+        environ: The environment to check.
+
+    Returns:
+        The unknown variable names, sorted.
+    """
+    known = set(_env_names(settings_class, ENV_PREFIX))
+    return sorted(
+        name for name in environ if name.upper().startswith(ENV_PREFIX) and name.upper() not in known
+    )
+
+
+def _env_names(model: type[BaseModel], prefix: str) -> Iterator[str]:
+    for field_name, field in model.model_fields.items():
+        name = prefix + field_name.upper()
+        yield name  # a whole section may also be given as JSON
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            yield from _env_names(annotation, name + "__")
+
+
+def _exit_with(message: str) -> NoReturn:
+    print(message, file=sys.stderr)
+    raise SystemExit(2)

@@ -1,0 +1,71 @@
+"""Fixtures shared by the whole suite: a real Temporal dev server, clients, artifact roots.
+
+Nothing here imports torch, transformers or datasets at module level, so the isolation
+tests can run this conftest in the orchestrator's and data worker's own environments.
+"""
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+
+from durabert.shared.devserver import DevServer, free_port
+from durabert.shared.settings import DurabertSettings
+
+
+@pytest.fixture(scope="session")
+def dev_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
+    """One real Temporal dev server for the session, on a free port."""
+    server = DevServer(tmp_path_factory.mktemp("temporal"), port=free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+async def client(dev_server: DevServer) -> Client:
+    """A client of the session's dev server with durabert's data converter."""
+    return await Client.connect(dev_server.address, data_converter=pydantic_data_converter)
+
+
+@pytest.fixture
+def artifact_root(tmp_path: Path) -> Path:
+    """An empty artifact store for one test."""
+    root = tmp_path / "artifacts"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def queue_name() -> str:
+    """A random task queue name, so tests never steal each other's tasks."""
+    return f"test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def settings(dev_server: DevServer, artifact_root: Path, tmp_path: Path) -> DurabertSettings:
+    """Settings pointing at the session's server and the test's artifact store."""
+    return DurabertSettings(
+        temporal={"address": dev_server.address},
+        artifact_root=artifact_root,
+        data_dir=tmp_path / "data",
+    )
+
+
+@pytest.fixture
+def worker_env(dev_server: DevServer, artifact_root: Path, tmp_path: Path) -> dict[str, str]:
+    """Environment for worker subprocesses: this test's server and store, JSON logs."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DURABERT_")}
+    env.update(
+        DURABERT_TEMPORAL__ADDRESS=dev_server.address,
+        DURABERT_ARTIFACT_ROOT=str(artifact_root),
+        DURABERT_DATA_DIR=str(tmp_path / "data"),
+        DURABERT_LOG_FORMAT="json",
+        PYTHONUNBUFFERED="1",
+        HF_HUB_OFFLINE="1",
+    )
+    return env
