@@ -1,5 +1,6 @@
 """``durabert-orchestrator-worker``: the workflows on ``orchestrator-queue``."""
 
+from durabert.orchestrator.workflows import WORKFLOWS
 from durabert.shared.cli_support import run_worker_main
 from durabert.shared.runner import WorkerSpec
 from durabert.shared.settings import DurabertSettings
@@ -14,7 +15,7 @@ def build_spec(settings: DurabertSettings) -> WorkerSpec:
     Returns:
         The worker spec.
     """
-    return WorkerSpec(role="orchestrator", task_queue=settings.queues.orchestrator, workflows=[])
+    return WorkerSpec(role="orchestrator", task_queue=settings.queues.orchestrator, workflows=WORKFLOWS)
 
 
 def main() -> None:

@@ -9,9 +9,9 @@ root*, so workers that mount the shared store at different places agree on them.
 """
 
 import re
-from typing import Annotated, Final, Literal, Self
+from typing import Annotated, Final, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 DEFAULT_MODEL_NAME: Final = "sentence-transformers/all-MiniLM-L6-v2"
 """The offline default: the GPU worker maps this hub id to the packaged all-MiniLM-L6-v2."""
@@ -64,7 +64,7 @@ class _DatasetSource(ContractModel):
 
     dataset_name: str = Field(min_length=1)
     """A hub dataset id (e.g. ``glue``), or ``json``/``csv``/``parquet`` together with ``data_files``."""
-    data_files: DataFiles | None = None
+    data_files: DataFiles | None = Field(default=None, validate_default=True)
     """Local paths, globs or URLs of the data files, for ``json``/``csv``/``parquet`` sources."""
     text_field: str = Field(default="text", min_length=1)
     """Column holding the text to classify."""
@@ -83,14 +83,16 @@ class _DatasetSource(ContractModel):
     trust_remote_code: bool = False
     """Allow a hub dataset to run its own loading script. Off unless asked for and the worker allows it."""
 
-    @model_validator(mode="after")
-    def _files_need_a_file_loader(self) -> Self:
-        if self.dataset_name in FILE_LOADERS and not self.data_files:
+    @field_validator("data_files")
+    @classmethod
+    def _files_need_a_file_loader(cls, value: DataFiles | None, info: ValidationInfo) -> DataFiles | None:
+        loader = info.data.get("dataset_name")
+        if loader in FILE_LOADERS and not value:
             raise ValueError(
-                f"data_files is required when dataset_name is {self.dataset_name!r} "
-                f"(one of {', '.join(sorted(FILE_LOADERS))})"
+                f"required when dataset_name is {loader!r} (one of {', '.join(sorted(FILE_LOADERS))}): "
+                "give local paths, globs or URLs"
             )
-        return self
+        return value
 
 
 class DatasetSnapshotRequest(_DatasetSource):
@@ -158,6 +160,25 @@ class CheckpointInfo(ContractModel):
     """Activity attempt that produced the event."""
 
 
+class WorkflowTimeouts(ContractModel):
+    """Activity timeouts and retry pacing of the training workflow.
+
+    They travel in the workflow input (recorded in history, so replay-safe) rather than
+    in a worker's environment: the workflow that schedules the activities owns them.
+    """
+
+    snapshot_timeout_seconds: int = Field(default=3600, ge=10)
+    """Most time one snapshot attempt may take."""
+    snapshot_heartbeat_timeout_seconds: int = Field(default=120, ge=5)
+    """A silent data worker is presumed dead after this long."""
+    training_timeout_hours: float = Field(default=72.0, gt=0, le=24 * 30)
+    """Most time one fine-tuning attempt may take."""
+    retry_initial_interval_seconds: float = Field(default=2.0, ge=0.1, le=3600)
+    """Pause before the first retry; doubles each retry."""
+    retry_maximum_interval_seconds: float = Field(default=60.0, ge=0.1, le=3600)
+    """Longest pause between retries."""
+
+
 class BertFineTuneConfig(_DatasetSource):
     """Everything a training run needs; the training workflow's input."""
 
@@ -191,6 +212,8 @@ class BertFineTuneConfig(_DatasetSource):
     """A training worker silent this long is presumed dead and the attempt is retried."""
     max_attempts: int = Field(default=5, ge=1, le=100)
     """Most attempts of the fine-tuning activity (first try included)."""
+    timeouts: WorkflowTimeouts = Field(default_factory=WorkflowTimeouts)
+    """Activity timeouts and retry pacing."""
     run_id: RunId | None = None
     """Run identifier (folder and workflow id); derived from the workflow id when empty."""
 
@@ -223,6 +246,8 @@ class BertFineTuneRequest(ContractModel):
     """The snapshot to train on (training never reads the raw source)."""
     resume_from_checkpoint: ArtifactPath | None = None
     """Latest checkpoint the workflow knows; the worker also scans the run folder for a newer complete one."""
+    attempt: int = Field(default=1, ge=1)
+    """Attempt number as counted by the workflow, which retries training itself (1 = first)."""
 
 
 class BertFineTuneResult(ContractModel):
@@ -283,6 +308,8 @@ class BertInferenceRequest(ContractModel):
     """Texts per forward pass."""
     use_gpu: bool = True
     """Use CUDA or Apple MPS when the worker has one."""
+    timeout_seconds: int = Field(default=300, ge=5, le=24 * 3600)
+    """Most time the inference activity may take (model load included)."""
 
 
 class BertInferenceResult(ContractModel):

@@ -30,3 +30,6 @@ GET_LATEST_CHECKPOINT_QUERY: Final = "get_latest_checkpoint"
 """Query: the newest complete checkpoint the workflow knows."""
 GET_PROGRESS_QUERY: Final = "get_progress"
 """Query: stage, step, epoch, loss, attempts of a training run."""
+
+QUEUES_MEMO_KEY: Final = "durabert_queues"
+"""Workflow memo key holding ``{"data": ..., "gpu": ...}`` queue overrides for the activities."""

@@ -39,6 +39,8 @@ class TemporalSettings(BaseModel):
     """Override of the TLS server name (SNI)."""
     api_key: SecretStr | None = None
     """Temporal Cloud API key (never logged)."""
+    ui_url: str | None = None
+    """Base URL of the Temporal Web UI, for links the CLI prints; None: ``http://<address host>:8233``."""
 
     @field_validator("address")
     @classmethod
@@ -132,6 +134,14 @@ class DurabertSettings(BaseSettings):
     """Lowest level logged."""
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     """Port of the Prometheus metrics endpoint of the Temporal runtime; None exports none."""
+
+    def queue_memo(self) -> dict[str, dict[str, str]]:
+        """Workflow memo telling a workflow which queues its activities go to.
+
+        Returns:
+            ``{QUEUES_MEMO_KEY: {"data": ..., "gpu": ...}}`` from these settings.
+        """
+        return {names.QUEUES_MEMO_KEY: {"data": self.queues.data, "gpu": self.queues.gpu}}
 
     @property
     def data_roots(self) -> list[Path]:
