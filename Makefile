@@ -46,7 +46,7 @@ server-stop:  ## stop the local Temporal dev server by PID
 	"$(UV)" run --no-sync durabert-dev-server stop --state-dir $(STATE_DIR)/temporal
 
 demo: setup  ## the main job (see README): KILL=0 runs it without the forced crash
-	@echo "make demo arrives with the orchestrator issue; see README.md"
+	"$(UV)" run --no-sync python -m durabert.orchestrator.demo --kill $(KILL) --state-dir $(STATE_DIR)/demo --data-dir data
 
 clean:  ## remove local state (server db, demo artifacts) and the isolation environments
 	rm -rf $(STATE_DIR) .venv-isolation
