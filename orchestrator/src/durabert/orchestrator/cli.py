@@ -1,9 +1,449 @@
-"""``durabert``: the client CLI (training, status, inference). Filled in by the orchestrator work."""
+"""``durabert``: the client CLI (train, status, watch, cancel, infer, runs).
 
+Exit codes: 0 done, 1 the run or the server said no (unknown run, unreachable server, a
+failed run, a run already running), 2 bad input (config file, arguments, settings): bad input
+is refused before Temporal is contacted. :func:`execute` is the whole CLI as a coroutine, so
+tests drive it in-process against a real server; :func:`run` is the console script.
+"""
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
 import sys
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+from temporalio.client import Client, WorkflowFailureError
+from temporalio.service import RPCError
+
+from durabert.orchestrator import client_ops
+from durabert.orchestrator.client_ops import (
+    RunAlreadyRunningError,
+    RunNotFoundError,
+    RunNotRunningError,
+    RunStatus,
+    WatchOutcome,
+)
+from durabert.orchestrator.config_file import (
+    UserInputError,
+    build_inference_request,
+    load_config,
+    read_texts,
+)
+from durabert.orchestrator.progress import format_progress, make_view, result_table
+from durabert.shared import names
+from durabert.shared.client import TemporalUnreachableError, connect_client
+from durabert.shared.logging import bind_run_id, configure_logging
+from durabert.shared.models import BertFineTuneConfig, BertInferenceRequest, BertInferenceResult
+from durabert.shared.settings import DurabertSettings, load_settings
+
+EXIT_OK = 0
+"""Success (also: detached from a run that goes on)."""
+EXIT_FAILED = 1
+"""The server, the run or the workflow refused or failed."""
+EXIT_USAGE = 2
+"""Bad arguments, config file or settings; nothing was sent."""
+EXIT_INTERRUPTED = 130
+"""Ctrl-C outside a watch (the shell convention for SIGINT)."""
+
+DEFAULT_POLL_INTERVAL = 1.0
+"""Seconds between progress queries while watching."""
 
 
-def main() -> None:
-    """Entry point of the ``durabert`` command."""
-    print("durabert: the client CLI arrives with the orchestrator; see README.md", file=sys.stderr)
-    sys.exit(2)
+@dataclass
+class Output:
+    """Where the CLI writes: results to ``out``, messages and errors to ``err`` in ``--json`` mode."""
+
+    out: Console = field(default_factory=Console)
+    """Results (and, without ``--json``, every message)."""
+    err: Console = field(default_factory=lambda: Console(stderr=True))
+    """Errors, and informational lines when ``out`` must carry only JSON."""
+
+    def say(self, text: str, *, json_mode: bool = False) -> None:
+        """Print an informational line, off stdout when stdout carries JSON.
+
+        Args:
+            text: The line (printed literally, no rich markup).
+            json_mode: Whether stdout is reserved for JSON.
+        """
+        (self.err if json_mode else self.out).print(text, markup=False, highlight=False)
+
+    def error(self, text: str) -> None:
+        """Print an error to stderr.
+
+        Args:
+            text: The message (printed literally).
+        """
+        self.err.print(text, markup=False, highlight=False, style="red")
+
+    def json(self, data: Any) -> None:
+        """Print JSON to stdout, never wrapped.
+
+        Args:
+            data: A JSON-serialisable value.
+        """
+        self.out.print(json.dumps(data, indent=2), markup=False, highlight=False, soft_wrap=True)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0 (got {text})")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (got {text})")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser of every subcommand.
+
+    Returns:
+        The parser.
+    """
+    parser = argparse.ArgumentParser(
+        prog="durabert",
+        description="Durable, checkpointed BERT fine-tuning and inference on Temporal.",
+        epilog="Settings come from DURABERT_* environment variables, e.g. DURABERT_TEMPORAL__ADDRESS.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def watch_options(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--interval",
+            type=_positive_float,
+            default=DEFAULT_POLL_INTERVAL,
+            metavar="SECONDS",
+            help="seconds between progress queries (default %(default)s)",
+        )
+
+    def json_option(sub: argparse.ArgumentParser, what: str) -> None:
+        sub.add_argument("--json", action="store_true", help=f"print {what} as JSON on stdout")
+
+    train = commands.add_parser("train", help="start a training run from a YAML or JSON config")
+    train.add_argument("config", type=Path, metavar="CONFIG", help="config file (.yaml, .yml or .json)")
+    train.add_argument("--run-id", help="run id (default: the config's run_id, else a fresh one)")
+    train.add_argument("--wait", action="store_true", help="show live progress until the run ends")
+    watch_options(train)
+    json_option(train, "the result (with --wait)")
+
+    status = commands.add_parser("status", help="show a run's state, progress, result or error")
+    status.add_argument("run_id", metavar="RUN_ID")
+    json_option(status, "the status")
+
+    watch = commands.add_parser("watch", help="show a run's live progress until it ends (Ctrl-C detaches)")
+    watch.add_argument("run_id", metavar="RUN_ID")
+    watch_options(watch)
+    json_option(watch, "the result")
+
+    cancel = commands.add_parser("cancel", help="cancel a running run (its training stops)")
+    cancel.add_argument("run_id", metavar="RUN_ID")
+    cancel.add_argument("--wait", action="store_true", help="wait until the run has stopped")
+
+    infer = commands.add_parser("infer", help="classify texts with a finished run's model")
+    infer.add_argument("run_id", metavar="RUN_ID")
+    infer.add_argument("texts", nargs="*", metavar="TEXT", help="texts to classify")
+    infer.add_argument("--file", type=Path, help="file with one text per line ('-' for stdin)")
+    infer.add_argument("--max-seq-length", type=_positive_int, help="tokens per text (default 128)")
+    infer.add_argument("--batch-size", type=_positive_int, help="texts per forward pass (default 32)")
+    json_option(infer, "the predictions")
+
+    runs = commands.add_parser("runs", help="list recent training runs and their state")
+    runs.add_argument("--limit", type=_positive_int, default=20, help="most runs to list (default 20)")
+    json_option(runs, "the runs")
+    return parser
+
+
+@contextlib.contextmanager
+def _ctrl_c_detaches(detach: asyncio.Event | None) -> Iterator[asyncio.Event]:
+    """Yield an event that Ctrl-C sets (instead of cancelling the CLI) while watching."""
+    if detach is not None:
+        yield detach
+        return
+    event = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGINT, event.set)
+        installed = True
+    except (NotImplementedError, RuntimeError, ValueError):
+        installed = False  # not the main thread, or no signals on this platform
+    try:
+        yield event
+    finally:
+        if installed:
+            loop.remove_signal_handler(signal.SIGINT)
+
+
+@dataclass
+class _Context:
+    args: argparse.Namespace
+    settings: DurabertSettings
+    client: Client
+    output: Output
+    detach: asyncio.Event | None
+    config: BertFineTuneConfig | None = None
+    request: BertInferenceRequest | None = None
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S") if moment else "-"
+
+
+async def _report_watch(ctx: _Context, run_id: str) -> int:
+    """Watch a run with the live view and print how it ended."""
+    json_mode: bool = ctx.args.json
+    output = ctx.output
+    handle = client_ops.training_handle(ctx.client, run_id)
+    view = make_view(output.err if json_mode else output.out)
+    with _ctrl_c_detaches(ctx.detach) as detach:
+        outcome: WatchOutcome = await client_ops.watch_run(
+            handle, view, interval=ctx.args.interval, detach=detach
+        )
+    if outcome.detached:
+        output.say(f"detached; the run goes on: durabert watch {run_id}", json_mode=json_mode)
+        return EXIT_OK
+    if outcome.result is not None:
+        if json_mode:
+            output.json(outcome.result.model_dump(mode="json"))
+        else:
+            output.out.print(f"run {run_id} completed", markup=False, highlight=False)
+            output.out.print(result_table(outcome.result))
+        return EXIT_OK
+    if json_mode:
+        output.json({"run_id": run_id, "status": outcome.status, "error": outcome.error})
+    output.error(f"run {run_id} {outcome.status}: {outcome.error}")
+    return EXIT_FAILED
+
+
+async def _train(ctx: _Context) -> int:
+    args = ctx.args
+    config = ctx.config
+    assert config is not None, "validated before connecting"
+    assert config.run_id is not None, "load_config settles the run id"
+    run_id = config.run_id
+    bind_run_id(run_id)
+    handle = await client_ops.start_training(ctx.client, ctx.settings, config)
+    say = ctx.output.say
+    json_mode = bool(args.json and args.wait)
+    say(
+        f"started run {run_id} (workflow {handle.id} on queue {ctx.settings.queues.orchestrator})",
+        json_mode=json_mode,
+    )
+    say(f"Temporal Web UI: {client_ops.web_ui_url(ctx.settings, handle.id)}", json_mode=json_mode)
+    if not args.wait:
+        if args.json:
+            ctx.output.json({"run_id": run_id, "workflow_id": handle.id})
+        say(f"watch it with: durabert watch {run_id}", json_mode=bool(args.json))
+        return EXIT_OK
+    return await _report_watch(ctx, run_id)
+
+
+async def _watch(ctx: _Context) -> int:
+    bind_run_id(ctx.args.run_id)
+    return await _report_watch(ctx, ctx.args.run_id)
+
+
+def _print_status(output: Output, state: RunStatus, queue: str) -> None:
+    output.out.print(
+        f"run {state.run_id}: {state.status} (started {_when(state.start_time)}"
+        + (f", closed {_when(state.close_time)})" if state.close_time else ")"),
+        markup=False,
+        highlight=False,
+    )
+    if state.workflow_type != names.TRAINING_WORKFLOW:
+        output.say(f"note: {state.run_id} is a {state.workflow_type} workflow, not a training run")
+        return
+    if state.progress is not None:
+        output.say(format_progress(state.progress))
+    elif state.status == "running":
+        output.say(f"progress: no answer; is an orchestrator worker polling queue {queue}?")
+    if state.result is not None:
+        output.out.print(result_table(state.result))
+    if state.error:
+        output.error(f"error: {state.error}")
+
+
+async def _status(ctx: _Context) -> int:
+    bind_run_id(ctx.args.run_id)
+    state = await client_ops.describe_run(ctx.client, ctx.args.run_id)
+    if ctx.args.json:
+        ctx.output.json(state.to_json())
+    else:
+        _print_status(ctx.output, state, ctx.settings.queues.orchestrator)
+    return EXIT_OK
+
+
+async def _cancel(ctx: _Context) -> int:
+    run_id: str = ctx.args.run_id
+    bind_run_id(run_id)
+    if ctx.args.wait:
+        ctx.output.say(f"cancellation of run {run_id} requested; waiting for it to stop")
+    final = await client_ops.cancel_run(ctx.client, run_id, wait=ctx.args.wait)
+    if ctx.args.wait:
+        ctx.output.say(f"run {run_id} is {final}")
+    else:
+        ctx.output.say(f"cancellation of run {run_id} requested; follow it with: durabert status {run_id}")
+    return EXIT_OK
+
+
+def _predictions_table(result: BertInferenceResult) -> Table:
+    table = Table("text", "label", "confidence")
+    for text, label, confidence in zip(
+        result.texts, result.predicted_label_names, result.confidences, strict=True
+    ):
+        table.add_row(Text(text), Text(label), f"{confidence:.3f}")
+    return table
+
+
+async def _infer(ctx: _Context) -> int:
+    request = ctx.request
+    assert request is not None, "validated before connecting"
+    bind_run_id(request.run_id)
+    try:
+        result = await client_ops.run_inference(ctx.client, ctx.settings, request)
+    except WorkflowFailureError as exc:
+        ctx.output.error(f"inference with run {request.run_id} failed: {client_ops.failure_message(exc)}")
+        return EXIT_FAILED
+    if ctx.args.json:
+        ctx.output.json(result.model_dump(mode="json"))
+    else:
+        ctx.output.out.print(_predictions_table(result))
+        ctx.output.say(f"run {result.run_id} · device {result.device}")
+    return EXIT_OK
+
+
+async def _runs(ctx: _Context) -> int:
+    runs = await client_ops.list_runs(ctx.client, ctx.args.limit)
+    if ctx.args.json:
+        ctx.output.json([item.to_json() for item in runs])
+        return EXIT_OK
+    if not runs:
+        ctx.output.say("no training runs yet; start one with: durabert train CONFIG.yaml")
+        return EXIT_OK
+    table = Table("run id", "status", "started", "closed")
+    for item in runs:
+        table.add_row(Text(item.run_id), item.status, _when(item.start_time), _when(item.close_time))
+    ctx.output.out.print(table)
+    return EXIT_OK
+
+
+_COMMANDS: dict[str, Callable[[_Context], Awaitable[int]]] = {
+    "train": _train,
+    "status": _status,
+    "watch": _watch,
+    "cancel": _cancel,
+    "infer": _infer,
+    "runs": _runs,
+}
+
+
+def _validate_input(
+    args: argparse.Namespace,
+) -> tuple[BertFineTuneConfig | None, BertInferenceRequest | None]:
+    """Check everything a person typed or wrote before any connection is made."""
+    if args.command == "train":
+        return load_config(args.config, args.run_id), None
+    if args.command == "infer":
+        texts = read_texts(args.texts, args.file)
+        options = {
+            name: value
+            for name, value in (("max_seq_length", args.max_seq_length), ("batch_size", args.batch_size))
+            if value is not None
+        }
+        return None, build_inference_request(args.run_id, texts, **options)
+    return None, None
+
+
+async def execute(
+    argv: Sequence[str] | None = None,
+    settings: DurabertSettings | None = None,
+    *,
+    output: Output | None = None,
+    detach: asyncio.Event | None = None,
+) -> int:
+    """Run one CLI command.
+
+    Args:
+        argv: Arguments without the program name (``sys.argv[1:]`` when None).
+        settings: Settings to use; read from ``DURABERT_*`` (and logging configured) when None.
+        output: Where to print (the terminal when None).
+        detach: Event that ends watching (Ctrl-C sets one when None).
+
+    Returns:
+        The exit code.
+    """
+    output = output or Output()
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or argparse's own usage error (already printed)
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    try:
+        config, request = _validate_input(args)
+    except UserInputError as exc:
+        output.error(str(exc))
+        return EXIT_USAGE
+    if settings is None:
+        try:
+            settings = load_settings(DurabertSettings)
+        except SystemExit as exc:  # the message naming the bad DURABERT_* variable is printed
+            return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+        configure_logging(settings.log_format, settings.log_level)
+    try:
+        client = await connect_client(settings)
+    except TemporalUnreachableError as exc:
+        output.error(str(exc))
+        return EXIT_FAILED
+    ctx = _Context(args, settings, client, output, detach, config=config, request=request)
+    try:
+        return await _COMMANDS[args.command](ctx)
+    except (RunNotFoundError, RunAlreadyRunningError, RunNotRunningError) as exc:
+        output.error(str(exc))
+    except RPCError as exc:
+        output.error(f"Temporal refused the request ({exc.status.name}): {exc.message}")
+    return EXIT_FAILED
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit code (the testable entry point).
+
+    Args:
+        argv: Arguments without the program name (``sys.argv[1:]`` when None).
+
+    Returns:
+        The exit code.
+    """
+    try:
+        return asyncio.run(execute(argv))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def run() -> NoReturn:
+    """Console script ``durabert``: run :func:`main` and exit with its code."""
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The SDK's native threads can crash a normal interpreter exit (sdk-python issue 300,
+    # rc 134) after the work is done; everything is flushed, so leave without finalizers.
+    os._exit(code)
