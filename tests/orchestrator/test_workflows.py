@@ -37,6 +37,7 @@ from durabert.shared.models import (
     TrainingProgress,
 )
 from durabert.shared.settings import DurabertSettings, QueueSettings
+from support.histories import record_history
 
 FAST = {"retry_initial_interval_seconds": 0.1, "retry_maximum_interval_seconds": 0.2}
 
@@ -164,6 +165,7 @@ async def test_failed_attempt_is_retried_with_the_latest_checkpoint(client: Clie
         latest = await client.get_workflow_handle(run_id).query(
             CheckpointedBertTrainingWorkflow.get_latest_checkpoint
         )
+        await record_history(client.get_workflow_handle(run_id), "training_retry_with_checkpoint")
 
     assert [r.attempt for r in seen] == [1, 2]
     assert seen[0].resume_from_checkpoint is None
@@ -196,6 +198,7 @@ async def test_non_retryable_error_fails_at_once(client: Client) -> None:
         progress = await client.get_workflow_handle(run_id).query(
             CheckpointedBertTrainingWorkflow.get_progress
         )
+        await record_history(client.get_workflow_handle(run_id), "training_non_retryable_failure")
 
     assert calls == 1
     cause = info.value.cause.cause  # ActivityError -> ApplicationError
@@ -242,6 +245,8 @@ async def test_invalid_json_input_fails_fast_naming_the_field(
         with pytest.raises(WorkflowFailureError) as info:
             await fake.train(raw, workflow_id)
         assert fake.snapshot_requests == []
+        if field == "learning_rat":
+            await record_history(client.get_workflow_handle(workflow_id), "training_invalid_input")
     cause = info.value.cause
     assert isinstance(cause, ApplicationError)
     assert cause.type == ErrorType.INVALID_INPUT
@@ -299,13 +304,15 @@ async def test_inference_workflow_runs_the_activity_and_refuses_bad_input(client
         Worker(client, task_queue=queue, workflows=WORKFLOWS),
         Worker(client, task_queue=gpu, activities=[infer]),
     ):
+        infer_id = f"infer-{uuid.uuid4().hex[:8]}"
         result = await client.execute_workflow(
             BertInferenceWorkflow.run,
             BertInferenceRequest(run_id="r1", texts=["great", "awful"]),
-            id=f"infer-{uuid.uuid4().hex[:8]}",
+            id=infer_id,
             task_queue=queue,
             memo=memo,
         )
+        await record_history(client.get_workflow_handle(infer_id), "inference")
         with pytest.raises(WorkflowFailureError) as info:
             await client.execute_workflow(
                 names.INFERENCE_WORKFLOW,
