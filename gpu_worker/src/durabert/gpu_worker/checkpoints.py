@@ -1,0 +1,188 @@
+"""Complete-checkpoint bookkeeping: a marker written last, numeric ordering, rotation.
+
+The Trainer writes a ``checkpoint-<step>`` folder file by file; a process killed in the
+middle leaves a folder that looks like a checkpoint but is not one. durabert writes
+:data:`COMPLETE_MARKER` atomically into the folder after the Trainer's ``on_save`` (which
+fires once every file is written) and treats only marked folders as checkpoints.
+"""
+
+import re
+import shutil
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from durabert.shared.artifacts import write_json_atomic
+from durabert.shared.logging import get_logger
+
+COMPLETE_MARKER = "durabert-complete.json"
+"""File whose presence makes a checkpoint folder complete; written last, atomically."""
+_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One checkpoint folder and its optimizer step."""
+
+    step: int
+    """Global optimizer step the checkpoint was saved at."""
+    path: Path
+    """The checkpoint folder."""
+
+    @property
+    def complete(self) -> bool:
+        """Whether the completion marker exists."""
+        return is_complete(self.path)
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """Read the step from a ``checkpoint-<step>`` folder name.
+
+    Args:
+        path: A folder path.
+
+    Returns:
+        The step, or None when the name is not a checkpoint's.
+    """
+    match = _CHECKPOINT_RE.match(path.name)
+    return int(match.group(1)) if match else None
+
+
+def is_complete(path: Path) -> bool:
+    """Whether a checkpoint folder carries the completion marker.
+
+    Args:
+        path: A checkpoint folder.
+
+    Returns:
+        True when the folder is a complete checkpoint.
+    """
+    return (path / COMPLETE_MARKER).is_file()
+
+
+def list_checkpoints(directory: Path) -> list[Checkpoint]:
+    """List checkpoint folders in numeric step order (``checkpoint-500`` before ``checkpoint-1000``).
+
+    Args:
+        directory: A run's checkpoints folder (may not exist).
+
+    Returns:
+        Every ``checkpoint-<step>`` folder, complete or not, oldest step first.
+    """
+    if not directory.is_dir():
+        return []
+    found = []
+    for child in directory.iterdir():
+        step = checkpoint_step(child)
+        if step is not None and child.is_dir():
+            found.append(Checkpoint(step, child))
+    return sorted(found, key=lambda checkpoint: checkpoint.step)
+
+
+def mark_complete(path: Path, step: int, attempt: int) -> None:
+    """Write the completion marker into a fully written checkpoint folder.
+
+    Args:
+        path: The checkpoint folder the Trainer has just finished.
+        step: Its global step.
+        attempt: The activity attempt that wrote it.
+    """
+    write_json_atomic(
+        path / COMPLETE_MARKER,
+        {"step": step, "attempt": attempt, "completed_at": datetime.now(UTC).isoformat()},
+    )
+
+
+def remove_incomplete(directory: Path) -> list[Path]:
+    """Delete checkpoint folders without a marker (left by a killed attempt), with a warning.
+
+    Args:
+        directory: A run's checkpoints folder.
+
+    Returns:
+        The removed folders.
+    """
+    removed = []
+    for checkpoint in list_checkpoints(directory):
+        if not checkpoint.complete:
+            log.warning(
+                "removing incomplete checkpoint (no completion marker; its writer was interrupted)",
+                path=str(checkpoint.path),
+                step=checkpoint.step,
+            )
+            shutil.rmtree(checkpoint.path, ignore_errors=True)
+            removed.append(checkpoint.path)
+    return removed
+
+
+def newest_complete(directory: Path) -> Checkpoint | None:
+    """Return the complete checkpoint with the highest step.
+
+    Args:
+        directory: A run's checkpoints folder.
+
+    Returns:
+        The newest complete checkpoint, or None.
+    """
+    complete = [checkpoint for checkpoint in list_checkpoints(directory) if checkpoint.complete]
+    return complete[-1] if complete else None
+
+
+def choose_resume_checkpoint(directory: Path, requested: Path | None) -> Checkpoint | None:
+    """Pick the checkpoint to resume from after clearing out incomplete ones.
+
+    Args:
+        directory: The run's checkpoints folder.
+        requested: A checkpoint the caller knows of (the workflow's latest), if any.
+
+    Returns:
+        The newest complete checkpoint among the run folder's and the requested one
+        (the requested one wins only when complete and at least as new), or None.
+    """
+    remove_incomplete(directory)
+    best = newest_complete(directory)
+    if requested is not None:
+        step = checkpoint_step(requested)
+        if step is None or not requested.is_dir() or not is_complete(requested):
+            log.warning("ignoring requested checkpoint: not a complete checkpoint", path=str(requested))
+        elif best is None or step > best.step:
+            best = Checkpoint(step, requested)
+    return best
+
+
+def rotate(directory: Path, keep: int) -> list[Path]:
+    """Delete the oldest complete checkpoints beyond ``keep``; never the newest complete one.
+
+    Rotation runs only after the newest checkpoint is marked complete, so a kill during a
+    save can never leave a run with no complete checkpoint (the Trainer's own rotation
+    deletes older ones before the new one is marked).
+
+    Args:
+        directory: The run's checkpoints folder.
+        keep: Most complete checkpoints to keep (at least 1).
+
+    Returns:
+        The deleted folders.
+    """
+    complete = [checkpoint for checkpoint in list_checkpoints(directory) if checkpoint.complete]
+    doomed = complete[: max(0, len(complete) - max(1, keep))]
+    for checkpoint in doomed:
+        shutil.rmtree(checkpoint.path, ignore_errors=True)
+    return [checkpoint.path for checkpoint in doomed]
+
+
+def describe(checkpoint: Checkpoint | None) -> dict[str, Any]:
+    """Summarise a checkpoint for logs.
+
+    Args:
+        checkpoint: A checkpoint or None.
+
+    Returns:
+        ``{"step": ..., "path": ...}`` with None values when there is none.
+    """
+    if checkpoint is None:
+        return {"step": None, "path": None}
+    return {"step": checkpoint.step, "path": str(checkpoint.path)}

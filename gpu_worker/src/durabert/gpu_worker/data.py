@@ -1,0 +1,132 @@
+"""Loading a dataset snapshot from the artifact store and tokenizing it in batches.
+
+Training reads only the snapshot the data worker froze (``train.parquet``, ``eval.parquet``,
+``manifest.json``), never the raw source, so every attempt of a run sees the same rows.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from durabert.shared.artifacts import ArtifactStore
+from durabert.shared.errors import configuration_error, not_found
+from durabert.shared.models import DatasetSnapshotResult
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+SPLIT_FILES = {"train": "train.parquet", "eval": "eval.parquet"}
+"""Split name to file inside a snapshot folder."""
+MANIFEST_FILE = "manifest.json"
+"""The snapshot's manifest, written last by the data worker."""
+
+
+@dataclass(frozen=True)
+class SnapshotFiles:
+    """The files of one snapshot on this machine."""
+
+    folder: Path
+    """The snapshot folder."""
+    train: Path
+    """Training split."""
+    eval: Path
+    """Evaluation split."""
+
+
+def locate_snapshot(store: ArtifactStore, snapshot: DatasetSnapshotResult) -> SnapshotFiles:
+    """Find a snapshot's files, refusing a missing or unfinished snapshot.
+
+    Args:
+        store: The artifact store.
+        snapshot: The snapshot the request names.
+
+    Returns:
+        The snapshot's files.
+
+    Raises:
+        ApplicationError: ``ArtifactNotFoundError`` when the folder, its manifest or a split is missing.
+    """
+    folder = store.resolve(snapshot.snapshot_path)
+    files = SnapshotFiles(folder, folder / SPLIT_FILES["train"], folder / SPLIT_FILES["eval"])
+    for path in (folder / MANIFEST_FILE, files.train, files.eval):
+        if not path.is_file():
+            raise not_found(
+                f"dataset_snapshot.snapshot_path: snapshot {snapshot.snapshot_id!r} is missing "
+                f"{path.name} under {folder} (was it written to this artifact store?)"
+            )
+    return files
+
+
+def _read_split(path: Path, snapshot: DatasetSnapshotResult, limit: int | None, seed: int) -> "Dataset":
+    import pyarrow.parquet as pq
+    from datasets import Dataset
+
+    table = pq.read_table(path)
+    wanted = {
+        "text_field": snapshot.text_field,
+        "label_field": snapshot.label_field,
+        **({"text_pair_field": snapshot.text_pair_field} if snapshot.text_pair_field else {}),
+    }
+    for field, column in wanted.items():
+        if column not in table.column_names:
+            raise configuration_error(
+                f"dataset_snapshot.{field}: column {column!r} is not in {path} "
+                f"(columns: {', '.join(table.column_names)})"
+            )
+    dataset = Dataset(table.select(list(wanted.values())))
+    labels = dataset[snapshot.label_field]
+    bad = [
+        label for label in labels if not isinstance(label, int) or not 0 <= label < len(snapshot.label_names)
+    ]
+    if bad:
+        raise configuration_error(
+            f"dataset_snapshot.label_field: {path.name} has label {bad[0]!r}, not an id in "
+            f"0..{len(snapshot.label_names) - 1} of label_names {snapshot.label_names}"
+        )
+    if limit is not None and len(dataset) > limit:
+        # Seeded shuffle first: the first N rows of a label-sorted split would hold one class.
+        dataset = dataset.shuffle(seed=seed).select(range(limit))
+    return dataset
+
+
+def load_tokenized(
+    files: SnapshotFiles,
+    snapshot: DatasetSnapshotResult,
+    tokenizer: Any,
+    *,
+    max_seq_length: int,
+    max_train_samples: int | None = None,
+    max_eval_samples: int | None = None,
+    seed: int = 42,
+) -> tuple["Dataset", "Dataset"]:
+    """Read the train and eval splits and tokenize them in batches.
+
+    Args:
+        files: The snapshot's files.
+        snapshot: The snapshot's description (columns and label names).
+        tokenizer: The model's tokenizer.
+        max_seq_length: Tokens per example after truncation.
+        max_train_samples: Most training rows, taken after a seeded shuffle.
+        max_eval_samples: Most evaluation rows, taken after a seeded shuffle.
+        seed: Seed of that shuffle.
+
+    Returns:
+        ``(train, eval)`` with ``input_ids``, ``attention_mask`` (and ``token_type_ids``) and ``labels``.
+    """
+    pair = snapshot.text_pair_field
+
+    def tokenize(batch: dict[str, list[Any]]) -> Any:
+        second = batch[pair] if pair else None
+        return tokenizer(batch[snapshot.text_field], second, truncation=True, max_length=max_seq_length)
+
+    splits = []
+    for path, limit in ((files.train, max_train_samples), (files.eval, max_eval_samples)):
+        dataset = _read_split(path, snapshot, limit, seed)
+        text_columns = [column for column in dataset.column_names if column != snapshot.label_field]
+        dataset = dataset.map(tokenize, batched=True, remove_columns=text_columns)
+        if snapshot.label_field != "labels":
+            dataset = dataset.rename_column(snapshot.label_field, "labels")
+        splits.append(dataset)
+    if len(splits[0]) == 0:
+        raise configuration_error(f"dataset_snapshot: snapshot {snapshot.snapshot_id!r} has no training rows")
+    return splits[0], splits[1]

@@ -1,0 +1,152 @@
+"""Inference with finished models kept warm in a small LRU cache (no Temporal here).
+
+The seed loaded the model for every call; here a model is loaded once per
+(run, model version, device) and reused until the cache evicts it. The version is the
+run manifest's modification time, so a retrained run's new model replaces the old one.
+"""
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from durabert.gpu_worker.device import Device
+from durabert.gpu_worker.training import MODEL_MANIFEST
+from durabert.shared.artifacts import ArtifactStore
+from durabert.shared.errors import not_found
+from durabert.shared.logging import get_logger
+from durabert.shared.models import BertInferenceRequest, BertInferenceResult
+
+log = get_logger(__name__)
+
+CacheKey = tuple[str, int, str]
+"""(run id, model version, device)."""
+
+
+@dataclass
+class LoadedModel:
+    """A model and tokenizer in memory, ready for forward passes."""
+
+    model: Any
+    """The ``...ForSequenceClassification`` model in eval mode."""
+    tokenizer: Any
+    """Its tokenizer."""
+    label_names: list[str]
+    """Class names by id."""
+    device: Device
+    """Where the model's weights live."""
+
+
+class ModelCache:
+    """Least-recently-used cache of loaded models, safe to use from several threads."""
+
+    def __init__(self, store: ArtifactStore, capacity: int) -> None:
+        """Create an empty cache.
+
+        Args:
+            store: The artifact store holding ``runs/<run_id>/model``.
+            capacity: Most models kept in memory.
+        """
+        self.store = store
+        self.capacity = capacity
+        self.loads = 0
+        """Models loaded from disk so far (tests and benchmarks read it)."""
+        self._models: OrderedDict[CacheKey, LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def key(self, run_id: str, device: Device) -> CacheKey:
+        """Build the cache key of a run's current final model.
+
+        Args:
+            run_id: The run.
+            device: The device to run on.
+
+        Returns:
+            The key.
+
+        Raises:
+            ApplicationError: ``ArtifactNotFoundError`` when the run has no finished model.
+        """
+        manifest = self.store.model_dir(run_id) / MODEL_MANIFEST
+        try:
+            version = manifest.stat().st_mtime_ns
+        except FileNotFoundError:
+            raise not_found(
+                f"run_id: run {run_id!r} has no finished model at {self.store.model_dir(run_id)} "
+                "(is it still training, or was it never trained on this artifact store?)"
+            ) from None
+        return (run_id, version, device)
+
+    def get(self, run_id: str, device: Device) -> LoadedModel:
+        """Return the warm model of a run, loading it on first use.
+
+        Args:
+            run_id: The run.
+            device: The device to run on.
+
+        Returns:
+            The loaded model.
+        """
+        key = self.key(run_id, device)
+        with self._lock:  # loads are rare; holding the lock makes each model load exactly once
+            cached = self._models.get(key)
+            if cached is not None:
+                self._models.move_to_end(key)
+                return cached
+            loaded = self._load(run_id, device)
+            self._models[key] = loaded
+            for stale in [k for k in self._models if k[0] == run_id and k != key]:
+                del self._models[stale]  # an older version of the same run
+            while len(self._models) > self.capacity:
+                evicted, _ = self._models.popitem(last=False)
+                log.info("evicted model from inference cache", run_id=evicted[0])
+            return loaded
+
+    def _load(self, run_id: str, device: Device) -> LoadedModel:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        folder = self.store.model_dir(run_id)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        model = AutoModelForSequenceClassification.from_pretrained(folder).to(device).eval()
+        id2label = model.config.id2label
+        labels = [str(id2label[index]) for index in range(model.config.num_labels)]
+        self.loads += 1
+        log.info("loaded model for inference", run_id=run_id, device=device, folder=str(folder))
+        return LoadedModel(model, tokenizer, labels, device)
+
+
+def predict(cache: ModelCache, request: BertInferenceRequest, device: Device) -> BertInferenceResult:
+    """Classify the request's texts in batches with the run's warm model.
+
+    Args:
+        cache: The model cache.
+        request: Texts and batching options.
+        device: Device to run on.
+
+    Returns:
+        Predicted ids, names and softmax confidences.
+    """
+    import torch
+
+    loaded = cache.get(request.run_id, device)
+    ids: list[int] = []
+    confidences: list[float] = []
+    with torch.inference_mode():
+        for start in range(0, len(request.texts), request.batch_size):
+            batch = request.texts[start : start + request.batch_size]
+            inputs = loaded.tokenizer(
+                batch, truncation=True, max_length=request.max_seq_length, padding=True, return_tensors="pt"
+            ).to(device)
+            probabilities = loaded.model(**inputs).logits.float().softmax(dim=-1)
+            best = probabilities.max(dim=-1)
+            ids.extend(int(index) for index in best.indices.tolist())
+            confidences.extend(float(value) for value in best.values.tolist())
+    return BertInferenceResult(
+        run_id=request.run_id,
+        texts=list(request.texts),
+        predicted_labels=ids,
+        predicted_label_names=[loaded.label_names[index] for index in ids],
+        confidences=confidences,
+        label_names=loaded.label_names,
+        device=device,
+    )

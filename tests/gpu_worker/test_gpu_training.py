@@ -1,0 +1,131 @@
+"""Training without Temporal: kill after the first checkpoint and resume, final model, config errors."""
+
+import json
+import threading
+
+import pytest
+from gpu_helpers import make_job, make_request, write_snapshot
+from temporalio.exceptions import ApplicationError
+
+from durabert.shared.artifacts import ArtifactStore
+from durabert.shared.settings import DurabertSettings
+
+from durabert.gpu_worker import checkpoints
+from durabert.gpu_worker.events import CheckpointEvent, DoneEvent
+from durabert.gpu_worker.supervisor import ChildExited, TrainingChild
+from durabert.gpu_worker.training import MODEL_MANIFEST, load_model_and_tokenizer, run_training
+
+LONG = {"num_epochs": 3}  # 256 rows / batch 8 x 3 epochs = 96 steps: room to kill mid-run
+
+
+def settings_for(root, tmp_path) -> DurabertSettings:
+    return DurabertSettings(artifact_root=root, data_dir=tmp_path / "data", log_format="json")
+
+
+async def test_killed_run_resumes_from_complete_checkpoint_and_matches_uninterrupted(tmp_path, tiny_bert_dir):
+    # Uninterrupted reference run, in this process.
+    root_a = tmp_path / "a"
+    snapshot = write_snapshot(root_a, train_rows=256, eval_rows=32)
+    request = make_request(tiny_bert_dir, snapshot, **LONG)
+    reference = run_training(make_job(request, settings_for(root_a, tmp_path)), lambda e: None, threading.Event())
+
+    # Same run in a child process, SIGKILLed right after its first checkpoint event.
+    root_b = tmp_path / "b"
+    write_snapshot(root_b, train_rows=256, eval_rows=32)
+    settings_b = settings_for(root_b, tmp_path)
+    child = TrainingChild(make_job(request, settings_b))
+    child.start()
+    first = None
+    try:
+        while first is None:
+            event = await child.next_event(timeout=120)
+            assert not isinstance(event, DoneEvent), "training finished before it could be killed"
+            if isinstance(event, CheckpointEvent):
+                first = event
+                child.process.kill()
+        with pytest.raises(ChildExited):
+            while True:
+                await child.next_event(timeout=30)
+    finally:
+        child.close()
+    assert first.step == 4
+    store = ArtifactStore(root_b)
+    killed_at = [c.step for c in checkpoints.list_checkpoints(store.checkpoints_dir("run-1"))]
+    assert killed_at, "the killed attempt left no checkpoint"
+    assert not store.model_dir("run-1").exists()
+
+    # Second attempt resumes from the newest complete checkpoint and ends where the reference did.
+    resumed = run_training(make_job(request, settings_b, attempt=2), lambda e: None, threading.Event())
+    newest_complete = max(step for step in killed_at if step % 4 == 0)
+    assert resumed.resumed_from_step is not None
+    assert first.step <= resumed.resumed_from_step <= newest_complete
+    assert resumed.global_step == reference.global_step == 96
+    assert resumed.eval_metrics["eval_loss"] == pytest.approx(reference.eval_metrics["eval_loss"], abs=1e-4)
+    assert reference.resumed_from_step is None
+
+    model_dir = store.model_dir("run-1")
+    manifest = json.loads((model_dir / MODEL_MANIFEST).read_text())
+    assert manifest["resume_points"] == [resumed.resumed_from_step]
+    assert [a["activity_attempt"] for a in manifest["attempts"]] == [1, 2]
+    assert manifest["snapshot"]["snapshot_id"] == snapshot.snapshot_id
+    assert (model_dir / "loss_curve.png").stat().st_size > 0
+    assert not list(model_dir.parent.glob(".model-*"))
+    # Rotation kept at most save_total_limit complete checkpoints.
+    assert len(checkpoints.list_checkpoints(store.checkpoints_dir("run-1"))) <= 2
+
+    from transformers import pipeline
+
+    classify = pipeline("text-classification", model=str(model_dir), device="cpu")
+    assert classify("the film was wonderful")[0]["label"] in {"negative", "positive"}
+
+
+def test_stop_request_saves_a_checkpoint_and_returns_early(tmp_path, tiny_bert_dir):
+    snapshot = write_snapshot(tmp_path, train_rows=256)
+    request = make_request(tiny_bert_dir, snapshot, checkpoint_steps=1000, max_steps=500)
+    stop = threading.Event()
+
+    def emit(event):
+        if getattr(event, "kind", None) == "progress" and event.step >= 3:
+            stop.set()
+
+    outcome = run_training(make_job(request, settings_for(tmp_path, tmp_path)), emit, stop)
+    assert outcome.kind == "stopped"
+    assert outcome.checkpoint is not None
+    saved = ArtifactStore(tmp_path).resolve(outcome.checkpoint)
+    assert checkpoints.is_complete(saved)
+    assert checkpoints.checkpoint_step(saved) == outcome.step < 500
+
+
+def test_label_count_mismatch_is_a_configuration_error(tmp_path, tiny_bert_dir):
+    from transformers import AutoModelForSequenceClassification
+
+    three = tmp_path / "three-labels"
+    AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir, num_labels=3).save_pretrained(three)
+    with pytest.raises(ApplicationError) as info:
+        load_model_and_tokenizer(str(three), str(three), ["negative", "positive"])
+    assert info.value.type == "ConfigurationError"
+    assert info.value.non_retryable
+    assert "3 labels" in info.value.message
+
+
+def test_unknown_hub_model_offline_is_a_configuration_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ApplicationError) as info:
+        load_model_and_tokenizer("nobody/no-such-model", "nobody/no-such-model", ["a", "b"])
+    assert info.value.type == "ConfigurationError"
+    assert "nobody/no-such-model" in info.value.message
+
+
+def test_missing_snapshot_and_model_folder_fail_before_training(tmp_path, tiny_bert_dir):
+    snapshot = write_snapshot(tmp_path)
+    settings = settings_for(tmp_path, tmp_path)
+    missing_model = make_request(tmp_path / "no-such-model", snapshot)
+    with pytest.raises(ApplicationError) as info:
+        run_training(make_job(missing_model, settings), lambda e: None, threading.Event())
+    assert info.value.type == "ConfigurationError"
+    assert "config.model_name" in info.value.message
+    (tmp_path / "snapshots" / snapshot.snapshot_id / "eval.parquet").unlink()
+    with pytest.raises(ApplicationError) as info:
+        run_training(make_job(make_request(tiny_bert_dir, snapshot), settings), lambda e: None, threading.Event())
+    assert info.value.type == "ArtifactNotFoundError"
+    assert "eval.parquet" in info.value.message
