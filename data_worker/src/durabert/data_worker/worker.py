@@ -1,5 +1,8 @@
 """``durabert-data-worker``: the CPU worker on ``data-queue``."""
 
+from concurrent.futures import ThreadPoolExecutor
+
+from durabert.data_worker.activities import SnapshotActivities
 from durabert.shared.cli_support import run_worker_main
 from durabert.shared.runner import WorkerSpec
 from durabert.shared.settings import DurabertSettings
@@ -14,11 +17,16 @@ def build_spec(settings: DurabertSettings) -> WorkerSpec:
     Returns:
         The worker spec.
     """
+    slots = settings.data.max_concurrent_activities
+    activities = SnapshotActivities(settings)
     return WorkerSpec(
         role="data",
         task_queue=settings.queues.data,
-        activities=[],
-        max_concurrent_activities=settings.data.max_concurrent_activities,
+        activities=[activities.create_dataset_snapshot],
+        # The snapshot activity is sync (heartbeats and cancellation work from its thread):
+        # one thread per activity slot, so no accepted task waits for a thread.
+        activity_executor=ThreadPoolExecutor(max_workers=slots, thread_name_prefix="snapshot"),
+        max_concurrent_activities=slots,
     )
 
 

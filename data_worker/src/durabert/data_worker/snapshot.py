@@ -1,0 +1,246 @@
+"""Building a content-addressed dataset snapshot, as plain functions (no Temporal needed).
+
+The steps: confine and load the source, check the columns, turn labels into sorted names
+and ids, order rows by a seeded content key (a shuffle the input order cannot change), hold
+out eval rows when the source has no eval split, take ``max_*_samples``, hash the result,
+and write it under ``snapshots/<snapshot_id>/`` unless that snapshot already exists.
+"""
+
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from durabert.data_worker.columns import Fields, encode_labels, select_columns
+from durabert.data_worker.hashing import HASH_FORMAT, content_order, data_hash, snapshot_id_for
+from durabert.data_worker.sources import (
+    check_dataset_path,
+    describe_source,
+    load_source,
+    resolve_data_files,
+)
+from durabert.data_worker.store import SPLIT_FILES, publish_snapshot
+from durabert.shared.artifacts import ArtifactStore
+from durabert.shared.errors import invalid_input
+from durabert.shared.models import FILE_LOADERS, DatasetSnapshotRequest, DatasetSnapshotResult
+from durabert.shared.settings import DurabertSettings
+
+Progress = Callable[[str], None]
+"""Called with a stage name between steps and slices of long work; may raise to stop."""
+
+TASK_TYPE = "classification"
+"""The only task type a snapshot is built for today."""
+
+
+def _noop(_: str) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class SnapshotOutcome:
+    """A snapshot and what it took to get it."""
+
+    result: DatasetSnapshotResult
+    """The snapshot, as the activity returns it."""
+    seconds: float
+    """Wall time of the whole request."""
+
+
+def _library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for dist in ("durabert-data-worker", "durabert-shared", "datasets", "pyarrow", "numpy"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = "unknown"
+    return versions
+
+
+def _holdout_size(rows: int, fraction: float, source: str) -> int:
+    """Rows to hold out for eval: at least one, and at least one left for training."""
+    if rows < 2:
+        raise invalid_input(
+            f"{source} has {rows} training row(s) and no eval split; holding out eval_fraction "
+            "needs at least two rows",
+            field="eval_fraction",
+        )
+    return min(max(1, round(rows * fraction)), rows - 1)
+
+
+def split_rows(
+    train: pa.Table,
+    eval_table: pa.Table | None,
+    request: DatasetSnapshotRequest,
+    columns: list[str],
+    source: str,
+) -> tuple[np.ndarray, np.ndarray, pa.Table]:
+    """Choose the stored rows of each split, in stored order.
+
+    With ``shuffle_before_select`` (the default) rows are ordered by a seeded content key,
+    so sampling and the held-out split depend on the content and the seed only. Without it
+    the source order is kept: ``max_*_samples`` take the first rows and the held-out eval rows
+    are the last ones.
+
+    Args:
+        train: The train split (labels already ids).
+        eval_table: The source's eval split, or None to hold out ``eval_fraction`` of train.
+        request: The request (seed, fractions, limits).
+        columns: The columns that make up a row's content.
+        source: Human description of the source, for messages.
+
+    Returns:
+        Train row indices, eval row indices, and the table the eval indices refer to.
+    """
+
+    def ordered(table: pa.Table) -> np.ndarray:
+        if request.shuffle_before_select:
+            return content_order(table, columns, request.seed)
+        return np.arange(table.num_rows, dtype=np.int64)
+
+    train_order = ordered(train)
+    if eval_table is None:
+        held = _holdout_size(len(train_order), request.eval_fraction, source)
+        if request.shuffle_before_select:
+            eval_order, train_order = train_order[:held], train_order[held:]
+        else:
+            eval_order, train_order = train_order[-held:], train_order[:-held]
+        eval_source = train
+    else:
+        eval_order, eval_source = ordered(eval_table), eval_table
+    return train_order[: request.max_samples], eval_order[: request.max_eval_samples], eval_source
+
+
+def _check_rows(table: pa.Table, split: str, request: DatasetSnapshotRequest, source: str) -> None:
+    if table.num_rows == 0:
+        field = (
+            "eval_split_names"
+            if split != "train"
+            else ("data_files" if request.dataset_name in FILE_LOADERS else "dataset_name")
+        )
+        raise invalid_input(f"split {split!r} of {source} is empty", field=field)
+
+
+def _result(
+    request: DatasetSnapshotRequest, manifest: dict[str, Any], path: str, cache_hit: bool
+) -> DatasetSnapshotResult:
+    fields = manifest["fields"]
+    schema = {
+        "text_field": fields["text_field"],
+        "label_field": fields["label_field"],
+        "task_type": TASK_TYPE,
+        "num_labels": str(len(manifest["label_names"])),
+    }
+    if fields.get("text_pair_field"):
+        schema["text_pair_field"] = fields["text_pair_field"]
+    return DatasetSnapshotResult(
+        snapshot_id=manifest["snapshot_id"],
+        dataset_name=request.dataset_name,
+        dataset_config=request.dataset_config,
+        num_train_samples=manifest["num_train_samples"],
+        num_eval_samples=manifest["num_eval_samples"],
+        data_hash=manifest["data_hash"],
+        snapshot_timestamp=manifest["snapshot_timestamp"],
+        snapshot_path=path,
+        label_names=manifest["label_names"],
+        text_field=fields["text_field"],
+        text_pair_field=fields.get("text_pair_field"),
+        label_field=fields["label_field"],
+        cache_hit=cache_hit,
+        dataset_schema=schema,
+    )
+
+
+def create_snapshot(
+    request: DatasetSnapshotRequest, settings: DurabertSettings, progress: Progress = _noop
+) -> SnapshotOutcome:
+    """Freeze the request's dataset into ``snapshots/<snapshot_id>/``, or reuse the existing one.
+
+    Args:
+        request: What to snapshot.
+        settings: Worker settings (artifact root, allowed data roots, remote-code policy).
+        progress: Called between steps; raising from it stops the work (cancellation).
+
+    Returns:
+        The snapshot and the seconds it took.
+
+    Raises:
+        ApplicationError: ``InvalidInputError`` naming the field for bad input,
+            ``ConfigurationError`` when the source cannot be loaded as asked.
+    """
+    started = time.monotonic()
+    if request.trust_remote_code and not settings.data.allow_trust_remote_code:
+        raise invalid_input(
+            "this worker does not run dataset loading code from the hub; set "
+            "DURABERT_DATA__ALLOW_TRUST_REMOTE_CODE=true on the data worker to allow it",
+            field="trust_remote_code",
+        )
+    roots = settings.data_roots
+    check_dataset_path(request.dataset_name, roots)
+    data_files = request.data_files
+    if data_files and request.dataset_name in FILE_LOADERS:
+        data_files = resolve_data_files(data_files, roots, settings.data_dir.expanduser().resolve())
+    source = describe_source(request)
+    progress("loading")
+    loaded = load_source(request, data_files, trust_remote_code=request.trust_remote_code)
+    progress("loaded")
+
+    fields = Fields(text=request.text_field, label=request.label_field, text_pair=request.text_pair_field)
+    raw = {"train": select_columns(loaded.train, fields, "train", source)}
+    if loaded.eval is not None:
+        raw["eval"] = select_columns(loaded.eval, fields, loaded.eval_split or "eval", source)
+    for split, table in raw.items():
+        _check_rows(table, "train" if split == "train" else str(loaded.eval_split), request, source)
+    tables, label_names = encode_labels(raw, fields.label, source, loaded.class_names)
+    progress("labelled")
+
+    columns = fields.stored
+    train_rows, eval_rows, eval_source = split_rows(
+        tables["train"], tables.get("eval"), request, columns, source
+    )
+    splits = {
+        "train": tables["train"].take(pa.array(train_rows)),
+        "eval": eval_source.take(pa.array(eval_rows)),
+    }
+    progress("ordered")
+    digest = data_hash(splits, columns, label_names, progress)
+    snapshot_id = snapshot_id_for(digest)
+
+    manifest = {
+        "format": HASH_FORMAT,
+        "snapshot_id": snapshot_id,
+        "data_hash": digest,
+        "snapshot_timestamp": datetime.now(UTC).isoformat(),
+        "created_by_run_id": request.run_id,
+        "source": {
+            "dataset_name": request.dataset_name,
+            "dataset_config": request.dataset_config,
+            "data_files": request.data_files,
+            "eval_split": loaded.eval_split,
+            "eval_fraction": None if loaded.eval_split else request.eval_fraction,
+            "seed": request.seed,
+            "shuffle_before_select": request.shuffle_before_select,
+            "max_samples": request.max_samples,
+            "max_eval_samples": request.max_eval_samples,
+        },
+        "fields": {
+            "text_field": fields.text,
+            "text_pair_field": fields.text_pair,
+            "label_field": fields.label,
+        },
+        "task_type": TASK_TYPE,
+        "label_names": label_names,
+        "num_train_samples": splits["train"].num_rows,
+        "num_eval_samples": splits["eval"].num_rows,
+        "files": dict(SPLIT_FILES),
+        "versions": _library_versions(),
+    }
+    store = ArtifactStore(settings.artifact_root)
+    stored, cache_hit = publish_snapshot(store, snapshot_id, splits, manifest, progress)
+    result = _result(request, stored, store.relative(store.snapshot_dir(snapshot_id)), cache_hit)
+    return SnapshotOutcome(result=result, seconds=time.monotonic() - started)

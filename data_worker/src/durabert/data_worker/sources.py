@@ -1,0 +1,211 @@
+"""Where a snapshot's rows come from: allowed local files, remote URLs, or a hub dataset.
+
+Local paths are confined to the worker's allowed data roots (a request must not read
+``/etc/passwd`` or another tenant's folder); globs are expanded here, so the files
+checked are exactly the files read. Remote URLs and hub ids are left to ``datasets``.
+"""
+
+import glob
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from durabert.shared.errors import configuration_error, invalid_input
+from durabert.shared.models import FILE_LOADERS, DataFiles, DatasetSnapshotRequest
+
+_GLOB_CHARS = frozenset("*?[")
+
+
+@dataclass(frozen=True)
+class LoadedSource:
+    """The splits a snapshot is built from."""
+
+    train: pa.Table
+    """The source's ``train`` split."""
+    eval: pa.Table | None
+    """The source's evaluation split, or None when eval rows must be held out of train."""
+    eval_split: str | None
+    """Name of that evaluation split."""
+    class_names: list[str] | None
+    """Names of the label column's ``ClassLabel`` feature, when the source declares one."""
+
+
+def describe_source(request: DatasetSnapshotRequest) -> str:
+    """Name a request's source for error messages and logs.
+
+    Args:
+        request: The snapshot request.
+
+    Returns:
+        E.g. ``json files ['/data/a.jsonl']`` or ``hub dataset 'glue' (config 'sst2')``.
+    """
+    if request.dataset_name in FILE_LOADERS:
+        return f"{request.dataset_name} files {request.data_files!r}"
+    config = f" (config {request.dataset_config!r})" if request.dataset_config else ""
+    return f"dataset {request.dataset_name!r}{config}"
+
+
+def _is_remote(entry: str) -> bool:
+    scheme, sep, _ = entry.partition("://")
+    return bool(sep) and scheme.isalnum() and scheme.lower() != "file"
+
+
+def _inside(path: Path, roots: Sequence[Path]) -> bool:
+    return any(path.is_relative_to(root) for root in roots)
+
+
+def _roots_text(roots: Sequence[Path]) -> str:
+    return ", ".join(str(root) for root in roots)
+
+
+def _resolve_entry(entry: str, roots: Sequence[Path], base: Path) -> list[str]:
+    """Resolve one local path or glob to the files it names, all inside ``roots``."""
+    if _is_remote(entry):
+        return [entry]
+    path = Path(entry.removeprefix("file://")).expanduser()
+    if not path.is_absolute():
+        path = base / path
+    parts = path.parts
+    first_glob = next((i for i, part in enumerate(parts) if _GLOB_CHARS & set(part)), None)
+    if first_glob is None:
+        resolved = path.resolve()
+        if not _inside(resolved, roots):
+            raise invalid_input(
+                f"{entry!r} is outside the allowed data roots ({_roots_text(roots)})", field="data_files"
+            )
+        if not resolved.is_file():
+            raise invalid_input(f"{entry!r} is not a file ({resolved})", field="data_files")
+        return [str(resolved)]
+    if ".." in parts[first_glob:] or not _inside(Path(*parts[:first_glob]).resolve(), roots):
+        raise invalid_input(
+            f"{entry!r} is outside the allowed data roots ({_roots_text(roots)})", field="data_files"
+        )
+    matches = sorted(Path(match).resolve() for match in glob.glob(str(path), recursive=True))
+    files = [match for match in matches if match.is_file()]
+    escaped = [match for match in files if not _inside(match, roots)]
+    if escaped:  # a symlink inside a root can point anywhere
+        raise invalid_input(
+            f"{entry!r} matches {escaped[0]}, outside the allowed data roots ({_roots_text(roots)})",
+            field="data_files",
+        )
+    if not files:
+        raise invalid_input(f"{entry!r} matches no file", field="data_files")
+    return [str(match) for match in files]
+
+
+def resolve_data_files(data_files: DataFiles, roots: Sequence[Path], base: Path) -> DataFiles:
+    """Resolve local paths and globs of ``data_files`` and confine them to the allowed roots.
+
+    Args:
+        data_files: As in the request: a path, a list, or split name to path(s).
+        roots: Resolved folders local files may come from.
+        base: Folder that relative paths are relative to (the worker's data folder).
+
+    Returns:
+        The same shape with local entries replaced by the absolute files they name.
+
+    Raises:
+        ApplicationError: ``InvalidInputError`` naming ``data_files`` for a path outside the
+            roots, a missing file or a glob matching nothing.
+    """
+    if isinstance(data_files, str):
+        return _resolve_list([data_files], roots, base)
+    if isinstance(data_files, list):
+        return _resolve_list(data_files, roots, base)
+    return {
+        split: _resolve_list([entries] if isinstance(entries, str) else entries, roots, base)
+        for split, entries in data_files.items()
+    }
+
+
+def _resolve_list(entries: list[str], roots: Sequence[Path], base: Path) -> list[str]:
+    return [file for entry in entries for file in _resolve_entry(entry, roots, base)]
+
+
+def check_dataset_path(name: str, roots: Sequence[Path]) -> None:
+    """Refuse a ``dataset_name`` that is a local folder outside the allowed roots.
+
+    ``datasets.load_dataset`` reads a local folder when one exists under that name, so a
+    hub-looking id could otherwise read any folder of the worker.
+
+    Args:
+        name: The request's ``dataset_name``.
+        roots: Resolved folders local data may come from.
+
+    Raises:
+        ApplicationError: ``InvalidInputError`` naming ``dataset_name``.
+    """
+    if name in FILE_LOADERS or _is_remote(name):
+        return
+    path = Path(name).expanduser()
+    if (name.startswith(("/", ".", "~")) or path.exists()) and not _inside(path.resolve(), roots):
+        raise invalid_input(
+            f"{name!r} is a local path outside the allowed data roots ({_roots_text(roots)})",
+            field="dataset_name",
+        )
+
+
+def load_source(
+    request: DatasetSnapshotRequest, data_files: DataFiles | None, *, trust_remote_code: bool
+) -> LoadedSource:
+    """Load the source's train split and its evaluation split, if it has one.
+
+    Args:
+        request: The snapshot request (name, config, eval split names, label field).
+        data_files: Data files as resolved by :func:`resolve_data_files`.
+        trust_remote_code: Whether a hub dataset may run its own code (already allowed by the worker).
+
+    Returns:
+        The loaded splits as Arrow tables.
+
+    Raises:
+        ApplicationError: ``InvalidInputError`` for a missing dataset, unreadable files or no
+            ``train`` split; ``ConfigurationError`` when the loader refuses the request.
+    """
+    # datasets is imported here, not at module level: it takes seconds to import and the
+    # worker's other modules (and their tests) do not need it.
+    from datasets import ClassLabel, DatasetDict, disable_progress_bars, load_dataset
+    from datasets.exceptions import DataFilesNotFoundError, DatasetGenerationError, DatasetNotFoundError
+
+    disable_progress_bars()  # tqdm bars would interleave with the worker's JSON log lines
+    source = describe_source(request)
+    kwargs: dict[str, Any] = {"trust_remote_code": True} if trust_remote_code else {}
+    try:
+        loaded = load_dataset(request.dataset_name, request.dataset_config, data_files=data_files, **kwargs)
+    except (DatasetNotFoundError, DataFilesNotFoundError) as exc:
+        field = "data_files" if request.dataset_name in FILE_LOADERS else "dataset_name"
+        raise invalid_input(f"cannot find {source}: {_first_line(exc)}", field=field) from exc
+    except DatasetGenerationError as exc:
+        cause = exc.__cause__ or exc
+        raise invalid_input(f"cannot read {source}: {_first_line(cause)}", field="data_files") from exc
+    except ValueError as exc:  # unknown config, unsupported option: the request cannot be served
+        raise configuration_error(f"cannot load {source}: {_first_line(exc)}") from exc
+    if not isinstance(loaded, DatasetDict):
+        raise configuration_error(f"{source} did not load as named splits")
+    if "train" not in loaded:
+        field = "data_files" if request.dataset_name in FILE_LOADERS else "dataset_name"
+        raise invalid_input(
+            f"{source} has no 'train' split (splits: {', '.join(loaded) or 'none'})", field=field
+        )
+    eval_split = next((name for name in request.eval_split_names if name in loaded), None)
+    feature = loaded["train"].features.get(request.label_field)
+    return LoadedSource(
+        train=_to_table(loaded["train"]),
+        eval=_to_table(loaded[eval_split]) if eval_split else None,
+        eval_split=eval_split,
+        class_names=list(feature.names) if isinstance(feature, ClassLabel) else None,
+    )
+
+
+def _to_table(dataset: Any) -> pa.Table:
+    """The split's rows as one Arrow table (zero-copy slices of the memory-mapped cache)."""
+    table: pa.Table = dataset.with_format("arrow")[:]
+    return table
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
