@@ -12,6 +12,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from fake_workflows import FAIL_SIGNAL, FAKE_WORKFLOWS, UNKNOWN_RUN, checkpoint
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.worker import Worker
 
+from durabert.orchestrator import client_ops
 from durabert.orchestrator.cli import execute
 from durabert.shared import names
 from durabert.shared.devserver import DevServer, free_port
@@ -325,3 +327,24 @@ async def test_sigint_while_watching_detaches_the_real_process(
     assert f"detached; the run goes on: durabert watch {run_id}" in stdout
     assert (await handle.describe()).status == WorkflowExecutionStatus.RUNNING
     await handle.cancel()
+
+
+async def test_status_and_watch_without_an_orchestrator_worker(
+    cli: Cli, client: Client, config_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No worker polls this test's queue: the run exists, but nobody answers its queries.
+    monkeypatch.setattr(client_ops, "QUERY_TIMEOUT", timedelta(seconds=0.3))
+    run_id = new_run_id()
+    assert (await cli("train", str(config_file), "--run-id", run_id))[0] == 0
+    code, out = await cli("status", run_id)
+    assert code == 0, out.stderr
+    assert f"run {run_id}: running" in out.stdout
+    assert "progress: no answer; is an orchestrator worker polling queue test-" in out.stdout
+
+    detach = asyncio.Event()
+    asyncio.get_running_loop().call_later(0.5, detach.set)
+    code, out = await cli("watch", run_id, "--interval", "0.05", detach=detach)
+    assert code == 0
+    assert "waiting for the orchestrator worker to answer" in out.stdout
+    assert "detached" in out.stdout
+    await client.get_workflow_handle(run_id).terminate()

@@ -229,13 +229,13 @@ def training_handle(client: Client, run_id: str) -> WorkflowHandle[Any, BertFine
 
 
 async def query_progress(
-    handle: WorkflowHandle[Any, Any], timeout: timedelta = QUERY_TIMEOUT
+    handle: WorkflowHandle[Any, Any], timeout: timedelta | None = None
 ) -> TrainingProgress | None:
     """Ask a training workflow for its progress.
 
     Args:
         handle: The run's handle.
-        timeout: How long to wait for a worker to answer.
+        timeout: How long to wait for a worker to answer (:data:`QUERY_TIMEOUT` when None).
 
     Returns:
         The progress, or None when no worker answered in time.
@@ -245,7 +245,7 @@ async def query_progress(
     """
     try:
         progress: TrainingProgress = await handle.query(
-            names.GET_PROGRESS_QUERY, result_type=TrainingProgress, rpc_timeout=timeout
+            names.GET_PROGRESS_QUERY, result_type=TrainingProgress, rpc_timeout=timeout or QUERY_TIMEOUT
         )
     except RPCError as exc:
         if _not_found(exc):
@@ -328,7 +328,14 @@ async def watch_run(
     try:
         with view:
             while True:
-                outcome.progress = await query_progress(handle) or outcome.progress
+                # A query can wait seconds for a worker; Ctrl-C must not wait for it.
+                query_task = asyncio.ensure_future(query_progress(handle))
+                await asyncio.wait({query_task, detach_task}, return_when=asyncio.FIRST_COMPLETED)
+                if not query_task.done():
+                    query_task.cancel()
+                    outcome.detached = True
+                    return outcome
+                outcome.progress = query_task.result() or outcome.progress
                 view.update(outcome.progress)
                 done, _ = await asyncio.wait(
                     {result_task, detach_task}, timeout=interval, return_when=asyncio.FIRST_COMPLETED
