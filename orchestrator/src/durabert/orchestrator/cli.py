@@ -75,7 +75,8 @@ class Output:
             text: The line (printed literally, no rich markup).
             json_mode: Whether stdout is reserved for JSON.
         """
-        (self.err if json_mode else self.out).print(text, markup=False, highlight=False)
+        # soft_wrap: a long message stays one line in a pipe or a log, never hard-wrapped at 80.
+        (self.err if json_mode else self.out).print(text, markup=False, highlight=False, soft_wrap=True)
 
     def error(self, text: str) -> None:
         """Print an error to stderr.
@@ -83,7 +84,7 @@ class Output:
         Args:
             text: The message (printed literally).
         """
-        self.err.print(text, markup=False, highlight=False, style="red")
+        self.err.print(text, markup=False, highlight=False, style="red", soft_wrap=True)
 
     def json(self, data: Any) -> None:
         """Print JSON to stdout, never wrapped.
@@ -225,7 +226,7 @@ async def _report_watch(ctx: _Context, run_id: str) -> int:
         if json_mode:
             output.json(outcome.result.model_dump(mode="json"))
         else:
-            output.out.print(f"run {run_id} completed", markup=False, highlight=False)
+            output.say(f"run {run_id} completed")
             output.out.print(result_table(outcome.result))
         return EXIT_OK
     if json_mode:
@@ -268,6 +269,7 @@ def _print_status(output: Output, state: RunStatus, queue: str) -> None:
         + (f", closed {_when(state.close_time)})" if state.close_time else ")"),
         markup=False,
         highlight=False,
+        soft_wrap=True,
     )
     if state.workflow_type != names.TRAINING_WORKFLOW:
         output.say(f"note: {state.run_id} is a {state.workflow_type} workflow, not a training run")

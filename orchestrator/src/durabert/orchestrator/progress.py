@@ -156,7 +156,7 @@ class LineView:
         """
         text = format_progress(progress) if progress is not None else WAITING_TEXT
         if text != self._last:
-            self._console.print(text, markup=False, highlight=False)
+            self._console.print(text, markup=False, highlight=False, soft_wrap=True)
             self._last = text
 
 
