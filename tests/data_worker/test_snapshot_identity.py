@@ -112,7 +112,9 @@ def test_snapshot_ids_agree_across_files_and_order(local_settings, write_rows) -
 
 def test_max_samples_after_a_seeded_shuffle_holds_both_classes(local_settings, write_rows) -> None:
     write_rows("sorted.jsonl", reviews(1000, sort_by_label=True))  # first ~430 rows all negative
-    result = create_snapshot(json_request("sorted.jsonl", max_samples=100, max_eval_samples=40), local_settings)
+    result = create_snapshot(
+        json_request("sorted.jsonl", max_samples=100, max_eval_samples=40), local_settings
+    )
     snapshot = result.result
     assert snapshot.label_names == ["negative", "positive"]
     assert (snapshot.num_train_samples, snapshot.num_eval_samples) == (100, 40)

@@ -24,6 +24,7 @@ from durabert.data_worker.sources import (
     describe_source,
     load_source,
     resolve_data_files,
+    source_field,
 )
 from durabert.data_worker.store import SPLIT_FILES, publish_snapshot
 from durabert.shared.artifacts import ArtifactStore
@@ -118,11 +119,7 @@ def split_rows(
 
 def _check_rows(table: pa.Table, split: str, request: DatasetSnapshotRequest, source: str) -> None:
     if table.num_rows == 0:
-        field = (
-            "eval_split_names"
-            if split != "train"
-            else ("data_files" if request.dataset_name in FILE_LOADERS else "dataset_name")
-        )
+        field = "eval_split_names" if split != "train" else source_field(request)
         raise invalid_input(f"split {split!r} of {source} is empty", field=field)
 
 
@@ -191,18 +188,18 @@ def create_snapshot(
     progress("loaded")
 
     fields = Fields(text=request.text_field, label=request.label_field, text_pair=request.text_pair_field)
+    # Keyed by the source's split names, so that messages name the split the user knows.
     raw = {"train": select_columns(loaded.train, fields, "train", source)}
-    if loaded.eval is not None:
-        raw["eval"] = select_columns(loaded.eval, fields, loaded.eval_split or "eval", source)
+    if loaded.eval is not None and loaded.eval_split is not None:
+        raw[loaded.eval_split] = select_columns(loaded.eval, fields, loaded.eval_split, source)
     for split, table in raw.items():
-        _check_rows(table, "train" if split == "train" else str(loaded.eval_split), request, source)
+        _check_rows(table, split, request, source)
     tables, label_names = encode_labels(raw, fields.label, source, loaded.class_names)
     progress("labelled")
 
     columns = fields.stored
-    train_rows, eval_rows, eval_source = split_rows(
-        tables["train"], tables.get("eval"), request, columns, source
-    )
+    eval_table = tables[loaded.eval_split] if loaded.eval_split is not None else None
+    train_rows, eval_rows, eval_source = split_rows(tables["train"], eval_table, request, columns, source)
     splits = {
         "train": tables["train"].take(pa.array(train_rows)),
         "eval": eval_source.take(pa.array(eval_rows)),

@@ -48,6 +48,11 @@ def describe_source(request: DatasetSnapshotRequest) -> str:
     return f"dataset {request.dataset_name!r}{config}"
 
 
+def source_field(request: DatasetSnapshotRequest) -> str:
+    """The request field that names the source: ``data_files`` for file loaders, else ``dataset_name``."""
+    return "data_files" if request.dataset_name in FILE_LOADERS else "dataset_name"
+
+
 def _is_remote(entry: str) -> bool:
     scheme, sep, _ = entry.partition("://")
     return bool(sep) and scheme.isalnum() and scheme.lower() != "file"
@@ -172,25 +177,28 @@ def load_source(
 
     disable_progress_bars()  # tqdm bars would interleave with the worker's JSON log lines
     source = describe_source(request)
+    # Passed on only when asked for and allowed (datasets 4+ ignores it and runs no scripts).
     kwargs: dict[str, Any] = {"trust_remote_code": True} if trust_remote_code else {}
     try:
         loaded = load_dataset(request.dataset_name, request.dataset_config, data_files=data_files, **kwargs)
     except (DatasetNotFoundError, DataFilesNotFoundError) as exc:
-        field = "data_files" if request.dataset_name in FILE_LOADERS else "dataset_name"
-        raise invalid_input(f"cannot find {source}: {_first_line(exc)}", field=field) from exc
+        raise invalid_input(f"cannot find {source}: {_first_line(exc)}", field=source_field(request)) from exc
     except DatasetGenerationError as exc:
         cause = exc.__cause__ or exc
         raise invalid_input(f"cannot read {source}: {_first_line(cause)}", field="data_files") from exc
-    except ValueError as exc:  # unknown config, unsupported option: the request cannot be served
+    except ValueError as exc:
+        if "corresponds to no data" in str(exc):  # how datasets reports files without rows
+            raise invalid_input(f"{source} has no rows", field=source_field(request)) from exc
+        # Unknown config, unsupported option: the request cannot be served as asked.
         raise configuration_error(f"cannot load {source}: {_first_line(exc)}") from exc
     if not isinstance(loaded, DatasetDict):
         raise configuration_error(f"{source} did not load as named splits")
     if "train" not in loaded:
-        field = "data_files" if request.dataset_name in FILE_LOADERS else "dataset_name"
         raise invalid_input(
-            f"{source} has no 'train' split (splits: {', '.join(loaded) or 'none'})", field=field
+            f"{source} has no 'train' split (splits: {', '.join(loaded) or 'none'})",
+            field=source_field(request),
         )
-    eval_split = next((name for name in request.eval_split_names if name in loaded), None)
+    eval_split = next((name for name in request.eval_split_names if name in loaded and name != "train"), None)
     feature = loaded["train"].features.get(request.label_field)
     return LoadedSource(
         train=_to_table(loaded["train"]),
