@@ -15,7 +15,8 @@ ENV UV_COMPILE_BYTECODE=1 \
     UV_PYTHON_DOWNLOADS=never \
     UV_PROJECT_ENVIRONMENT=/app/.venv
 WORKDIR /src
-# The workspace lock only resolves with every member's pyproject.toml present.
+# Every member's pyproject.toml, so the workspace is whole: `--frozen` would install without
+# them, but `--locked` (a stale-lock check) and any re-resolution need them all.
 COPY pyproject.toml uv.lock ./
 COPY shared/pyproject.toml shared/pyproject.toml
 COPY data_worker/pyproject.toml data_worker/pyproject.toml

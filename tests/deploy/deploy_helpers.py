@@ -415,12 +415,14 @@ def container_env(objects: Objects, container: dict[str, Any]) -> dict[str, str]
     for source in container.get("envFrom", []):
         if "configMapRef" in source:
             configmap = [
-                obj for obj in of_kind(objects, "ConfigMap") if obj["metadata"]["name"] == source["configMapRef"]["name"]
+                obj
+                for obj in of_kind(objects, "ConfigMap")
+                if obj["metadata"]["name"] == source["configMapRef"]["name"]
             ]
             assert configmap, f"envFrom names a missing ConfigMap {source['configMapRef']['name']}"
             env.update(configmap[0].get("data", {}))
     for item in container.get("env", []):
-        env[item["name"]] = item["value"] if "value" in item else SECRET
+        env[item["name"]] = item.get("value", SECRET)
     return env
 
 
@@ -551,7 +553,7 @@ def check_security(objects: Objects) -> list[str]:
             if context.get("capabilities", {}).get("drop") != ["ALL"]:
                 problems.append(f"{name}/{container['name']}: must drop ALL capabilities")
             mounts = {m["mountPath"] for m in container.get("volumeMounts", [])}
-            if "/tmp" not in mounts:  # noqa: S108 - the path inside the pod
+            if "/tmp" not in mounts:
                 problems.append(f"{name}/{container['name']}: no writable /tmp on a read-only root")
     return problems
 
@@ -564,7 +566,9 @@ def check_artifact_volume(objects: Objects) -> list[str]:
         name = deployment["metadata"]["name"]
         spec = pod_spec(deployment)
         volumes = [
-            v["name"] for v in spec.get("volumes", []) if v.get("persistentVolumeClaim", {}).get("claimName") == ARTIFACT_CLAIM
+            v["name"]
+            for v in spec.get("volumes", [])
+            if v.get("persistentVolumeClaim", {}).get("claimName") == ARTIFACT_CLAIM
         ]
         container = worker_container(deployment)
         mounts = [m for m in container.get("volumeMounts", []) if m["name"] in volumes]
@@ -651,8 +655,13 @@ def check_probes(objects: Objects) -> list[str]:
 
 def scaled_targets(objects: Objects) -> dict[str, str]:
     """Deployment name -> the kind of object that scales it."""
-    targets = {hpa["spec"]["scaleTargetRef"]["name"]: "HorizontalPodAutoscaler" for hpa in of_kind(objects, "HorizontalPodAutoscaler")}
-    targets.update({so["spec"]["scaleTargetRef"]["name"]: "ScaledObject" for so in of_kind(objects, "ScaledObject")})
+    targets = {
+        hpa["spec"]["scaleTargetRef"]["name"]: "HorizontalPodAutoscaler"
+        for hpa in of_kind(objects, "HorizontalPodAutoscaler")
+    }
+    targets.update(
+        {so["spec"]["scaleTargetRef"]["name"]: "ScaledObject" for so in of_kind(objects, "ScaledObject")}
+    )
     return targets
 
 
@@ -667,7 +676,9 @@ def check_scaling(objects: Objects) -> list[str]:
         name = deployment["metadata"]["name"]
         if name in targets and "replicas" in deployment["spec"]:
             problems.append(f"{name}: sets replicas although a {targets[name]} owns the count")
-    gpu_labels = find(objects, "Deployment", ROLES["gpu"].deployment)["spec"]["template"]["metadata"]["labels"]
+    gpu_labels = find(objects, "Deployment", ROLES["gpu"].deployment)["spec"]["template"]["metadata"][
+        "labels"
+    ]
     budgets = [
         pdb
         for pdb in of_kind(objects, "PodDisruptionBudget")
@@ -695,11 +706,13 @@ def check_tls_paths(objects: Objects) -> list[str]:
         container = worker_container(deployment)
         env = container_env(objects, container)
         secret_volumes = {v["name"] for v in pod_spec(deployment).get("volumes", []) if "secret" in v}
-        secret_mounts = [m["mountPath"] for m in container.get("volumeMounts", []) if m["name"] in secret_volumes]
+        secret_mounts = [
+            m["mountPath"] for m in container.get("volumeMounts", []) if m["name"] in secret_volumes
+        ]
         for key, value in env.items():
-            if key.startswith("DURABERT_TEMPORAL__TLS_") and key.endswith("_PATH"):
-                if not any(PurePosixPath(value).is_relative_to(mount) for mount in secret_mounts):
-                    problems.append(f"{name}: {key}={value} is not inside a mounted Secret")
+            is_tls_file = key.startswith("DURABERT_TEMPORAL__TLS_") and key.endswith("_PATH")
+            if is_tls_file and not any(PurePosixPath(value).is_relative_to(m) for m in secret_mounts):
+                problems.append(f"{name}: {key}={value} is not inside a mounted Secret")
     return problems
 
 

@@ -11,8 +11,6 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
-from kubernetes_validate.utils import latest_version
-
 from deploy_helpers import (
     CRD_KINDS,
     OVERLAYS,
@@ -25,6 +23,7 @@ from deploy_helpers import (
     rendered,
     worker_container,
 )
+from kubernetes_validate.utils import latest_version
 
 VERSIONS = ("1.29.0", latest_version())
 EXPECT_GPU = {"local": False, "production": True, "keda": True}
@@ -53,7 +52,7 @@ def test_overlay_renders_all_roles(overlay: str) -> None:
         role.deployment for role in ROLES.values()
     }
     if overlay == "keda":
-        assert CRD_KINDS <= kinds
+        assert kinds >= CRD_KINDS
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -76,7 +75,9 @@ BROKEN_SCHEMA = {
     "unknown field": _set(("spec", "replicaz"), 2),
     "wrong type": _set(("spec", "template", "spec", "terminationGracePeriodSeconds"), "sixty"),
     "string port": _set(("spec", "template", "spec", "containers", 0, "ports", 0, "containerPort"), "8081"),
-    "misspelled probe field": _set(("spec", "template", "spec", "containers", 0, "livenessProbe", "httpGett"), {}),
+    "misspelled probe field": _set(
+        ("spec", "template", "spec", "containers", 0, "livenessProbe", "httpGett"), {}
+    ),
 }
 
 
@@ -104,7 +105,9 @@ def _typo_in_configmap(objects: Objects) -> None:
 
 
 def _typo_in_env(objects: Objects) -> None:
-    worker_container(_deployment(objects, "gpu"))["env"].append({"name": "DURABERT_GPU__DEVISE", "value": "cuda"})
+    worker_container(_deployment(objects, "gpu"))["env"].append(
+        {"name": "DURABERT_GPU__DEVISE", "value": "cuda"}
+    )
 
 
 def _bad_value(objects: Objects) -> None:
@@ -150,13 +153,15 @@ def _replicas_under_hpa(objects: Objects) -> None:
 
 
 def _keda_queue(objects: Objects) -> None:
-    next(o for o in objects if o["kind"] == "ScaledObject")["spec"]["triggers"][0]["metadata"]["taskQueue"] = "x"
+    next(o for o in objects if o["kind"] == "ScaledObject")["spec"]["triggers"][0]["metadata"][
+        "taskQueue"
+    ] = "x"
 
 
 def _keda_workflow_queue(objects: Objects) -> None:
-    next(o for o in objects if o["kind"] == "ScaledObject")["spec"]["triggers"][0]["metadata"]["queueTypes"] = (
-        "workflow"
-    )
+    next(o for o in objects if o["kind"] == "ScaledObject")["spec"]["triggers"][0]["metadata"][
+        "queueTypes"
+    ] = "workflow"
 
 
 def _service_links(objects: Objects) -> None:
@@ -164,7 +169,11 @@ def _service_links(objects: Objects) -> None:
 
 
 BROKEN_SEMANTICS: dict[str, tuple[str, Callable[[Objects], None], str]] = {
-    "typo in ConfigMap": ("production", _typo_in_configmap, "DURABERT_TEMPORAL__ADRESS is not a durabert setting"),
+    "typo in ConfigMap": (
+        "production",
+        _typo_in_configmap,
+        "DURABERT_TEMPORAL__ADRESS is not a durabert setting",
+    ),
     "typo in env": ("production", _typo_in_env, "DURABERT_GPU__DEVISE is not a durabert setting"),
     "bad value": ("local", _bad_value, "settings do not parse"),
     "wrong script": ("production", _wrong_script, "expected ['durabert-data-worker']"),
