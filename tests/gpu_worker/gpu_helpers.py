@@ -4,10 +4,9 @@ import json
 import random
 from pathlib import Path
 
+from durabert.gpu_worker.events import TrainJob
 from durabert.shared.models import BertFineTuneConfig, BertFineTuneRequest, DatasetSnapshotResult
 from durabert.shared.settings import DurabertSettings
-
-from durabert.gpu_worker.events import TrainJob
 
 POSITIVE = ["wonderful", "moving", "brilliant", "funny", "gripping", "lovely", "superb", "charming"]
 NEGATIVE = ["dull", "clumsy", "boring", "tedious", "awful", "bland", "messy", "lifeless"]
@@ -34,7 +33,9 @@ def write_snapshot(root: Path, train_rows: int = 64, eval_rows: int = 16, snapsh
     folder.mkdir(parents=True, exist_ok=True)
     for name, count, seed in (("train", train_rows, 1), ("eval", eval_rows, 2)):
         texts, labels = _rows(count, seed)
-        pq.write_table(pa.table({"sentence": texts, "label": pa.array(labels, pa.int64())}), folder / f"{name}.parquet")
+        pq.write_table(
+            pa.table({"sentence": texts, "label": pa.array(labels, pa.int64())}), folder / f"{name}.parquet"
+        )
     result = DatasetSnapshotResult(
         snapshot_id=snapshot_id,
         dataset_name="json",

@@ -7,15 +7,19 @@ import pytest
 from gpu_helpers import make_job, make_request, write_snapshot
 from temporalio.exceptions import ApplicationError
 
-from durabert.shared.artifacts import ArtifactStore
-from durabert.shared.settings import DurabertSettings
-
 from durabert.gpu_worker import checkpoints
 from durabert.gpu_worker.events import CheckpointEvent, DoneEvent
 from durabert.gpu_worker.supervisor import ChildExited, TrainingChild
 from durabert.gpu_worker.training import MODEL_MANIFEST, load_model_and_tokenizer, run_training
+from durabert.shared.artifacts import ArtifactStore
+from durabert.shared.settings import DurabertSettings
 
 LONG = {"num_epochs": 3}  # 256 rows / batch 8 x 3 epochs = 96 steps: room to kill mid-run
+
+
+async def drain(child: TrainingChild) -> None:
+    while True:
+        await child.next_event(timeout=30)
 
 
 def settings_for(root, tmp_path) -> DurabertSettings:
@@ -27,14 +31,16 @@ async def test_killed_run_resumes_from_complete_checkpoint_and_matches_uninterru
     root_a = tmp_path / "a"
     snapshot = write_snapshot(root_a, train_rows=256, eval_rows=32)
     request = make_request(tiny_bert_dir, snapshot, **LONG)
-    reference = run_training(make_job(request, settings_for(root_a, tmp_path)), lambda e: None, threading.Event())
+    reference = run_training(
+        make_job(request, settings_for(root_a, tmp_path)), lambda e: None, threading.Event()
+    )
 
     # Same run in a child process, SIGKILLed right after its first checkpoint event.
     root_b = tmp_path / "b"
     write_snapshot(root_b, train_rows=256, eval_rows=32)
     settings_b = settings_for(root_b, tmp_path)
     child = TrainingChild(make_job(request, settings_b))
-    child.start()
+    await child.start()
     first = None
     try:
         while first is None:
@@ -44,8 +50,7 @@ async def test_killed_run_resumes_from_complete_checkpoint_and_matches_uninterru
                 first = event
                 child.process.kill()
         with pytest.raises(ChildExited):
-            while True:
-                await child.next_event(timeout=30)
+            await drain(child)
     finally:
         child.close()
     assert first.step == 4
@@ -109,7 +114,9 @@ def test_label_count_mismatch_is_a_configuration_error(tmp_path, tiny_bert_dir):
 
 
 def test_unknown_hub_model_offline_is_a_configuration_error(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ApplicationError) as info:
         load_model_and_tokenizer("nobody/no-such-model", "nobody/no-such-model", ["a", "b"])
     assert info.value.type == "ConfigurationError"
@@ -126,6 +133,8 @@ def test_missing_snapshot_and_model_folder_fail_before_training(tmp_path, tiny_b
     assert "config.model_name" in info.value.message
     (tmp_path / "snapshots" / snapshot.snapshot_id / "eval.parquet").unlink()
     with pytest.raises(ApplicationError) as info:
-        run_training(make_job(make_request(tiny_bert_dir, snapshot), settings), lambda e: None, threading.Event())
+        run_training(
+            make_job(make_request(tiny_bert_dir, snapshot), settings), lambda e: None, threading.Event()
+        )
     assert info.value.type == "ArtifactNotFoundError"
     assert "eval.parquet" in info.value.message

@@ -63,6 +63,8 @@ class TrainingHeartbeat(BaseModel):
     """Latest complete checkpoint, relative to the artifact root."""
     attempt: int = 1
     """Attempt that sent the heartbeat."""
+    pid: int | None = None
+    """Process id of the training child (for operators and tests)."""
 
 
 class _Reporter:
@@ -196,12 +198,18 @@ class GpuActivities:
         log.info("fine-tuning attempt starting", run_id=request.run_id, attempt=info.attempt, device=device)
         reporter = _Reporter(request.run_id, info.attempt)
         child = TrainingChild(job)
-        child.start()
         try:
+            await child.start()
+            reporter.state.pid = child.pid
+            reporter.heartbeat()
             return await self._supervise(child, reporter)
         finally:
-            child.close()
-            await reporter.close(timeout=self.stop_seconds)
+            try:
+                # A child that reported its outcome exits by itself; give it a moment, then make sure.
+                await child.wait_exit(MIN_STOP_SECONDS)
+            finally:
+                child.close()
+                await reporter.close(timeout=self.stop_seconds)
 
     async def _supervise(self, child: TrainingChild, reporter: _Reporter) -> BertFineTuneResult:
         run_id = child.job.request.run_id

@@ -71,7 +71,7 @@ class TrainingChild:
         """Process id of the child once started."""
         return None if self.process is None else int(self.process.pid)
 
-    def start(self) -> None:
+    async def start(self) -> None:
         """Start the child and begin reading its events on the running event loop."""
         events_read, events_write = self.context.Pipe(duplex=False)
         control_read, control_write = self.context.Pipe(duplex=False)
@@ -81,7 +81,9 @@ class TrainingChild:
             name=f"durabert-train-{self.job.request.run_id}",
             daemon=True,
         )
-        self.process.start()
+        # The first start launches the forkserver, which imports torch and transformers
+        # (~10 s): do it in a thread so the event loop keeps heartbeating meanwhile.
+        await asyncio.to_thread(self.process.start)
         # Close our copies of the child's ends: EOF on the event pipe then means the child is gone.
         events_write.close()
         control_read.close()
@@ -145,15 +147,15 @@ class TrainingChild:
         Returns:
             The exit code, or None if it still runs.
         """
-        if self.process is None:
-            return None
+        if self.process is None or self.process.pid is None:
+            return None  # never started
         await asyncio.to_thread(self.process.join, timeout)
         code = self.process.exitcode
         return None if code is None else int(code)
 
     def kill(self) -> None:
         """Kill the child (SIGKILL) if it still runs and reap it."""
-        if self.process is not None and self.process.is_alive():
+        if self.process is not None and self.process.pid is not None and self.process.is_alive():
             log.warning("killing training process", run_id=self.job.request.run_id, pid=self.pid)
             self.process.kill()
             self.process.join(5)
