@@ -43,6 +43,17 @@ def test_hash_ignores_row_order_chunking_and_offset_width() -> None:
     assert _ordered_hash(_table(texts, labels, chunk=1)) == base
 
 
+def test_short_rows_at_the_end_of_a_buffer_keep_their_own_bytes() -> None:
+    # Rows shorter than a word near the buffer's end read clamped or wrapped windows; the
+    # key must still depend only on the row (same hash in every order and chunking).
+    texts = ["a long enough opening sentence", "x" * 17, "mid", "", "ab", "abcdefg", "abcdefgh", "z"]
+    labels = [0, 1, 0, 1, 0, 1, 0, 1]
+    base = _ordered_hash(_table(texts, labels))
+    for chunk in (1, 3):
+        assert _ordered_hash(_table(texts[::-1], labels[::-1], chunk=chunk)) == base
+    assert _ordered_hash(_table([*texts[:-1], "y"], labels)) != base
+
+
 def test_one_changed_label_or_character_changes_the_hash() -> None:
     texts = [f"sentence number {i}" for i in range(200)]
     labels = [i % 2 for i in range(200)]

@@ -4,12 +4,13 @@ Identity must not depend on how the source was chunked or in which order it list
 rows, so nothing here looks at the input order:
 
 * :func:`content_order` sorts rows by a seeded 64-bit key computed from each row's content
-  (length and leading and trailing bytes of every text, and the label). Sorting by a seeded
+  (length and leading, middle and trailing bytes of every text, and the label). Sorting by a seeded
   content key *is* a seeded shuffle, but one that only the multiset of rows decides. Rows
   whose keys collide are ordered by their full content, so the order is exact, not likely.
 * :func:`data_hash` is SHA-256 over the stored splits in that order: a JSON header (format,
   columns, label names, row counts), then per split and column every value's length and
   then the values' bytes, streamed buffer by buffer (never row by row in Python).
+  :func:`take_and_hash` builds the stored splits from the order and hashes them.
 
 Together: the same multiset of rows, fields, label names and seed gives the same hash; one
 changed label or character gives a different one.
@@ -32,8 +33,9 @@ HASH_SLICE_BYTES: Final = 64 << 20
 """Largest buffer slice hashed between two progress callbacks (heartbeats, cancellation)."""
 
 _U64 = np.uint64
-_ALL_ONES = _U64(0xFFFF_FFFF_FFFF_FFFF)
 _GOLDEN = _U64(0x9E37_79B9_7F4A_7C15)
+_LAST = _U64(0xC2B2_AE3D_27D4_EB4F)
+_MIDDLE = _U64(0x1656_67B1_9E37_79F9)
 
 Progress = Callable[[str], None]
 """Called between slices of long work with a stage name; may raise to stop the work."""
@@ -44,17 +46,23 @@ def _noop(_: str) -> None:
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
-    """SplitMix64 finaliser, vectorised: spreads every input bit over the whole word."""
-    x = x ^ (x >> _U64(30))
-    x = x * _U64(0xBF58_476D_1CE4_E5B9)
-    x = x ^ (x >> _U64(27))
-    x = x * _U64(0x94D0_49BB_1331_11EB)
-    mixed: np.ndarray = x ^ (x >> _U64(31))
-    return mixed
+    """SplitMix64 finaliser, vectorised and in place: spreads every input bit over the whole word."""
+    x ^= x >> _U64(30)
+    x *= _U64(0xBF58_476D_1CE4_E5B9)
+    x ^= x >> _U64(27)
+    x *= _U64(0x94D0_49BB_1331_11EB)
+    x ^= x >> _U64(31)
+    return x
+
+
+def _is_text(data_type: pa.DataType) -> bool:
+    return bool(pa.types.is_string(data_type) or pa.types.is_large_string(data_type))
 
 
 def _string_offsets(array: pa.Array) -> tuple[np.ndarray, pa.Buffer | None]:
     """Offsets (``len + 1`` int64, absolute in the data buffer) and the data buffer of a string array."""
+    if len(array) == 0:  # an empty array may come without an offsets buffer
+        return np.zeros(1, dtype=np.int64), None
     offset_type = np.int64 if pa.types.is_large_string(array.type) else np.int32
     buffers = array.buffers()
     offsets = np.frombuffer(buffers[1], dtype=offset_type)[array.offset : array.offset + len(array) + 1]
@@ -62,36 +70,55 @@ def _string_offsets(array: pa.Array) -> tuple[np.ndarray, pa.Buffer | None]:
 
 
 def _string_keys(array: pa.Array) -> np.ndarray:
-    """One uint64 per string from its length and its first and last 8 bytes."""
-    offsets, data = _string_offsets(array)
+    """One uint64 per string from its length and first, middle and last 8 bytes (mixed by the caller)."""
     if len(array) == 0:
         return np.zeros(0, dtype=_U64)
+    offsets, data = _string_offsets(array)
     raw: pa.Buffer | bytes = data if data is not None else b""
-    if len(raw) < 8:  # the 8-byte window below needs at least 8 bytes to look at
-        raw = bytes(raw) + bytes(8)
+    if len(raw) < 16:  # the windows below need 8 bytes, and short rows may index from the end
+        raw = bytes(raw) + bytes(16)
     size = len(raw)
     # A view whose element i is the little-endian word starting at byte i: one gather per row
     # reads 8 bytes wherever the row starts, without copying the data buffer.
     words = np.ndarray((size - 7,), dtype="<u8", buffer=raw, offset=0, strides=(1,))
     start, end = offsets[:-1], offsets[1:]
-    length = (end - start).astype(_U64)
-    # Rows starting in the last 7 bytes read a word that starts earlier and shift it down.
-    window = np.minimum(start, size - 8)
-    first = words[window] >> ((start - window).astype(_U64) * _U64(8))
-    # Keep only the row's own bytes (numpy defines shifts by 64 as 0, so 0 - 1 = all ones).
-    first &= (_U64(1) << (np.minimum(length, _U64(8)) * _U64(8))) - _U64(1)
-    last = words[np.clip(end - 8, 0, size - 8)] * (length > _U64(8)).astype(_U64)
-    return _mix(_mix(first + length * _GOLDEN) ^ last)
+    length = end - start
+    # For rows of at least 16 bytes every window lies inside the row, so the full-array work is
+    # three gathers and a few operations; shorter rows (rare in text) are fixed up below.
+    # Windows of short rows are clamped or wrap around (a negative index is a valid word too);
+    # their stray bytes are masked or zeroed below.
+    first = words[np.minimum(start, size - 8)]
+    last = words[end - 8]
+    middle = words[np.minimum(start + (length - 8) // 2, size - 8)]
+    short = np.flatnonzero(length <= 16)
+    if len(short):
+        short_length = length[short]
+        short_start = start[short]
+        shift = (short_start - np.minimum(short_start, size - 8)).astype(_U64) * _U64(8)
+        # Keep only the row's own bytes (numpy defines shifts by 64 as 0, so 0 - 1 = all ones).
+        keep = (_U64(1) << (np.minimum(short_length, 8).astype(_U64) * _U64(8))) - _U64(1)
+        first[short] = (first[short] >> shift) & keep
+        last[short[short_length <= 8]] = 0  # the first word already holds the whole row
+        middle[short] = 0  # the first and last words already cover the row
+    # Not mixed here: row_keys mixes all columns once. The odd multipliers keep the parts
+    # from cancelling out; a rare collision only costs an exact tie-break, never correctness.
+    keys: np.ndarray = length.view(_U64) * _GOLDEN
+    keys += first
+    last *= _LAST
+    keys ^= last
+    middle *= _MIDDLE
+    keys ^= middle
+    return keys
 
 
 def _column_keys(column: pa.ChunkedArray) -> np.ndarray:
     """One uint64 per row of a string or integer column, whatever its chunking."""
     parts = []
     for chunk in column.chunks:
-        if pa.types.is_string(chunk.type) or pa.types.is_large_string(chunk.type):
+        if _is_text(chunk.type):
             parts.append(_string_keys(chunk))
         elif pa.types.is_integer(chunk.type):
-            parts.append(_mix(chunk.to_numpy(zero_copy_only=False).astype(np.int64).view(_U64)))
+            parts.append(chunk.to_numpy(zero_copy_only=False).astype(np.int64).view(_U64))
         else:
             raise TypeError(f"cannot key a column of type {chunk.type}")
     return np.concatenate(parts) if parts else np.zeros(0, dtype=_U64)
@@ -108,12 +135,22 @@ def row_keys(table: pa.Table, columns: Sequence[str], seed: int) -> np.ndarray:
     Returns:
         A uint64 array, one key per row; equal rows get equal keys.
     """
-    keys: np.ndarray = np.full(
-        table.num_rows, _mix(np.array([seed], dtype=np.int64).view(_U64))[0], dtype=_U64
-    )
+    seed_word = _mix(np.array([seed], dtype=np.int64).view(_U64).copy())[0]
+    keys: np.ndarray | None = None
     for position, name in enumerate(columns):
-        keys = _mix(keys * _GOLDEN + _column_keys(table.column(name)) + _U64(position))
-    return keys
+        column_keys = _column_keys(table.column(name))
+        if keys is None:
+            keys = column_keys.copy()  # integer keys may be a view of the table's buffer
+            keys += seed_word
+        else:
+            keys *= _GOLDEN
+            keys += column_keys
+            keys += _U64(position)
+    if keys is None:
+        keys = np.full(table.num_rows, seed_word, dtype=_U64)
+    # One mix at the end turns the combination into well-spread, seed-dependent keys.
+    mixed: np.ndarray = _mix(keys)
+    return mixed
 
 
 def _argsort_uint32(values: np.ndarray) -> np.ndarray:
@@ -129,7 +166,7 @@ def content_order(table: pa.Table, columns: Sequence[str], seed: int) -> np.ndar
     """Order rows by a seeded content key: a shuffle that the row order of the input cannot change.
 
     Args:
-        table: Rows with string and integer columns and no nulls.
+        table: Rows with string and integer columns and no nulls (one chunk is fastest).
         columns: The columns that make up a row's content.
         seed: Seed of the shuffle.
 
@@ -139,7 +176,7 @@ def content_order(table: pa.Table, columns: Sequence[str], seed: int) -> np.ndar
     """
     keys = row_keys(table, columns, seed)
     top = (keys >> _U64(32)).astype(np.uint32)
-    order: np.ndarray = _argsort_uint32(top).astype(np.int64)
+    order: np.ndarray = _argsort_uint32(top).astype(np.int64, copy=False)
     sorted_top = top[order]
     tied = sorted_top[1:] == sorted_top[:-1]
     if tied.any():
@@ -158,22 +195,43 @@ def content_order(table: pa.Table, columns: Sequence[str], seed: int) -> np.ndar
     return order
 
 
-def _stream_column(digest: "hashlib._Hash", column: pa.ChunkedArray, progress: Progress) -> None:
-    """Feed one column as all value lengths, then all value bytes (chunking cannot show through)."""
-    if pa.types.is_integer(column.type):
-        for chunk in column.chunks:
-            digest.update(chunk.to_numpy(zero_copy_only=False).astype("<i8", copy=False))
-        return
-    spans = []
+def _header(columns: Sequence[str], label_names: Sequence[str], rows: Mapping[str, int]) -> "hashlib._Hash":
+    """A SHA-256 primed with the length-prefixed JSON header of the hashed layout."""
+    header = {
+        "format": HASH_FORMAT,
+        "columns": list(columns),
+        "label_names": list(label_names),
+        "splits": dict(rows),
+    }
+    encoded = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(len(encoded).to_bytes(8, "little") + encoded)
+
+
+def _update_text_bytes(digest: "hashlib._Hash", column: pa.ChunkedArray, progress: Progress) -> None:
+    """Feed the bytes of every value of a string column, in order, in bounded slices."""
     for chunk in column.chunks:
         offsets, data = _string_offsets(chunk)
-        digest.update(np.diff(offsets).astype("<u8", copy=False))
-        spans.append((data, int(offsets[0]) if len(offsets) else 0, int(offsets[-1]) if len(offsets) else 0))
-    for data, begin, end in spans:
+        begin, end = int(offsets[0]), int(offsets[-1])
         for cut in range(begin, end, HASH_SLICE_BYTES):
             assert data is not None  # a non-empty span has a data buffer
             digest.update(data.slice(cut, min(HASH_SLICE_BYTES, end - cut)))
             progress("hashing")
+
+
+def _update_array(digest: "hashlib._Hash", array: np.ndarray) -> None:
+    """Feed an array's bytes (its memory, not a copy) to the digest."""
+    digest.update(np.ascontiguousarray(array).data)
+
+
+def _lengths(column: pa.ChunkedArray) -> np.ndarray:
+    parts = [np.diff(_string_offsets(chunk)[0]) for chunk in column.chunks]
+    lengths: np.ndarray = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    return lengths
+
+
+def _integers(column: pa.ChunkedArray) -> np.ndarray:
+    values: np.ndarray = column.to_numpy().astype("<i8", copy=False)
+    return values
 
 
 def data_hash(
@@ -182,7 +240,10 @@ def data_hash(
     label_names: Sequence[str],
     progress: Progress = _noop,
 ) -> str:
-    """SHA-256 over the stored splits, their columns and the label names.
+    """SHA-256 over the stored splits, their columns and the label names (the reference layout).
+
+    Per split and column: integers as int64 little-endian; strings as all value lengths
+    (uint64 little-endian), then all value bytes. Chunking cannot show through.
 
     Args:
         splits: Split name to table, in the order they are stored (``train``, ``eval``).
@@ -193,18 +254,45 @@ def data_hash(
     Returns:
         The hex digest.
     """
-    header = {
-        "format": HASH_FORMAT,
-        "columns": list(columns),
-        "label_names": list(label_names),
-        "splits": {name: table.num_rows for name, table in splits.items()},
-    }
-    encoded = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
-    digest = hashlib.sha256(len(encoded).to_bytes(8, "little") + encoded)
+    digest = _header(columns, label_names, {name: table.num_rows for name, table in splits.items()})
     for table in splits.values():
         for name in columns:
-            _stream_column(digest, table.column(name), progress)
+            column = table.column(name)
+            if _is_text(column.type):
+                _update_array(digest, _lengths(column).astype("<u8"))
+                _update_text_bytes(digest, column, progress)
+            else:
+                _update_array(digest, _integers(column))
     return digest.hexdigest()
+
+
+def take_and_hash(
+    splits: Mapping[str, tuple[pa.Table, np.ndarray]],
+    columns: Sequence[str],
+    label_names: Sequence[str],
+    progress: Progress = _noop,
+) -> tuple[dict[str, pa.Table], str]:
+    """Build the stored splits from row indices, then hash them with :func:`data_hash`.
+
+    One Arrow ``take`` per column and split, in C++ (no Python per row). Overlapping the take
+    with the hash in a helper thread was measured slower on the 2-core machines, where the
+    other core is rarely free.
+
+    Args:
+        splits: Split name to ``(source table, row indices in stored order)``.
+        columns: Columns to store and hash, in a fixed order.
+        label_names: Sorted label names.
+        progress: Called between steps; raising from it stops the work.
+
+    Returns:
+        The stored tables (``columns`` only) and the hex digest.
+    """
+    stored: dict[str, pa.Table] = {}
+    for name, (source, rows) in splits.items():
+        indices = pa.array(rows, type=pa.int64())
+        stored[name] = pa.table({column: source.column(column).take(indices) for column in columns})
+        progress("taken")
+    return stored, data_hash(stored, columns, label_names, progress)
 
 
 def snapshot_id_for(digest: str) -> str:
