@@ -67,6 +67,13 @@ CASES: dict[str, tuple[Case, str, str]] = {
         "label_field",
         "1 class(es) (only)",
     ),
+    "free text as labels": (
+        lambda write, s: json_request(
+            str(write("a.jsonl", [{"sentence": "x", "label": f"note {i}"} for i in range(10_001)]))
+        ),
+        "label_field",
+        "10001 distinct labels, more than 10,000",
+    ),
     "null text": (
         lambda write, s: json_request(
             str(write("a.jsonl", [{"sentence": None if i == 3 else "x", "label": i % 2} for i in range(10)]))

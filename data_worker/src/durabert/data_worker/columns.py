@@ -12,6 +12,11 @@ import pyarrow.compute as pc
 
 from durabert.shared.errors import invalid_input
 
+MAX_LABELS = 10_000
+"""Most classes a snapshot accepts: the label names travel in every run's Temporal payloads
+(2 MB limit), and more distinct labels than this almost always means ``label_field`` names a
+text column."""
+
 
 @dataclass(frozen=True)
 class Fields:
@@ -154,6 +159,12 @@ def encode_labels(
         raise invalid_input(
             f"column {label_field!r} of {source} has {len(uniques)} class(es) "
             f"({', '.join(map(str, sorted(uniques, key=str)))}); classification needs at least two",
+            field="label_field",
+        )
+    if len(uniques) > MAX_LABELS:
+        raise invalid_input(
+            f"column {label_field!r} of {source} has {len(uniques)} distinct labels, more than "
+            f"{MAX_LABELS:,} (is it a text column?)",
             field="label_field",
         )
     ordered = sorted(uniques)  # one kind only (checked above), so the values compare
