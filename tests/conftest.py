@@ -32,6 +32,14 @@ async def client(dev_server: DevServer) -> Client:
     return await Client.connect(dev_server.address, data_converter=pydantic_data_converter)
 
 
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random BERT folder (imports transformers only when a test asks for it)."""
+    from support.tiny_model import save_tiny_bert
+
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
 @pytest.fixture
 def artifact_root(tmp_path: Path) -> Path:
     """An empty artifact store for one test."""

@@ -1,0 +1,119 @@
+"""All three real workers in one process on random queues: snapshot, train, infer.
+
+The activities are the workers' own (taken from each worker's ``build_spec``), against the
+session's real Temporal dev server; only the model is tiny so the run takes seconds.
+"""
+
+import uuid
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from durabert.data_worker.worker import build_spec as data_spec
+from durabert.gpu_worker.worker import build_spec as gpu_spec
+from durabert.orchestrator.worker import build_spec as orchestrator_spec
+from durabert.shared import names
+from durabert.shared.models import (
+    BertFineTuneConfig,
+    BertFineTuneResult,
+    BertInferenceRequest,
+    BertInferenceResult,
+    TrainingProgress,
+)
+from durabert.shared.runner import WorkerSpec
+from durabert.shared.settings import DurabertSettings
+from support.datasets import write_reviews
+from support.histories import record_history
+
+
+def _worker(client: Client, spec: WorkerSpec) -> Worker:
+    return Worker(
+        client,
+        task_queue=spec.task_queue,
+        activities=list(spec.activities),
+        workflows=list(spec.workflows),
+        activity_executor=spec.activity_executor,
+        max_concurrent_activities=spec.max_concurrent_activities,
+        **spec.worker_options,
+    )
+
+
+async def test_snapshot_train_and_infer_with_real_workers(
+    client: Client, settings: DurabertSettings, tiny_model_dir: Path
+) -> None:
+    suffix = uuid.uuid4().hex[:8]
+    settings.queues.data, settings.queues.gpu, settings.queues.orchestrator = (
+        f"data-{suffix}",
+        f"gpu-{suffix}",
+        f"orch-{suffix}",
+    )
+    data_file = write_reviews(settings.data_dir / "reviews.jsonl", rows=240)
+    run_id = f"e2e-{suffix}"
+    config = BertFineTuneConfig(
+        run_id=run_id,
+        model_name=str(tiny_model_dir),
+        dataset_name="json",
+        data_files=str(data_file),
+        text_field="sentence",
+        max_steps=12,
+        checkpoint_steps=4,
+        batch_size=8,
+        max_seq_length=32,
+        learning_rate=1e-3,
+        use_gpu=False,
+    )
+
+    async with AsyncExitStack() as stack:
+        for spec in (orchestrator_spec(settings), data_spec(settings), gpu_spec(settings)):
+            await stack.enter_async_context(_worker(client, spec))
+        handle = await client.start_workflow(
+            names.TRAINING_WORKFLOW,
+            config,
+            id=run_id,
+            task_queue=settings.queues.orchestrator,
+            memo=settings.queue_memo(),
+            result_type=BertFineTuneResult,
+        )
+        result = await handle.result()
+        progress = await handle.query(names.GET_PROGRESS_QUERY, result_type=TrainingProgress)
+        texts = ["the film was wonderful and the cast felt wonderful", "the story was dull and dull"]
+        prediction = await client.execute_workflow(
+            names.INFERENCE_WORKFLOW,
+            BertInferenceRequest(run_id=run_id, texts=texts, max_seq_length=32, use_gpu=False),
+            id=f"infer-{run_id}",
+            task_queue=settings.queues.orchestrator,
+            memo=settings.queue_memo(),
+            result_type=BertInferenceResult,
+        )
+        await record_history(handle, "training_end_to_end")
+
+    # The result says what happened, and the artifacts are where it says.
+    assert result.run_id == run_id
+    assert result.global_step == 12
+    assert result.resumed_from_step is None
+    assert result.attempts == 1
+    assert result.device == "cpu"
+    assert result.label_names == ["negative", "positive"]
+    assert result.eval_metrics is not None
+    assert "eval_loss" in result.eval_metrics
+    assert result.dataset_snapshot is not None
+    snapshot_dir = settings.artifact_root / result.dataset_snapshot.snapshot_path
+    assert (snapshot_dir / "manifest.json").is_file()
+    model_dir = settings.artifact_root / result.model_path
+    assert (model_dir / "config.json").is_file()
+    assert result.total_checkpoints_saved == 3
+
+    # Queries after the end show the whole story.
+    assert progress.stage == "completed"
+    assert progress.step == 12
+    assert progress.checkpoints_saved == 3
+    assert progress.latest_checkpoint is not None
+    assert progress.latest_checkpoint.step == 12
+    assert progress.snapshot_id == result.dataset_snapshot.snapshot_id
+
+    assert prediction.texts == texts
+    assert len(prediction.predicted_labels) == 2
+    assert set(prediction.predicted_label_names) <= {"negative", "positive"}
+    assert all(0.5 <= c <= 1.0 for c in prediction.confidences)
