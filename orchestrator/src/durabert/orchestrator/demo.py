@@ -122,7 +122,7 @@ def fetch_data(data_dir: Path) -> Path:
     subprocess.run(
         [sys.executable, "-m", "durabert.data_worker.demo_data", "--data-dir", str(data_dir)], check=True
     )
-    return data_dir / "rotten_tomatoes.jsonl"
+    return data_dir / "vader_movie_reviews.jsonl"
 
 
 async def wait_for_workers(client: Client, settings: DurabertSettings, timeout: float = 120) -> None:

@@ -10,7 +10,7 @@ the repository.
 
 Usage::
 
-    python scripts/fetch_demo_data.py [--data-dir DIR] [--force]
+    python -m durabert.data_worker.demo_data [--data-dir DIR] [--force]
 
 ``DIR`` defaults to the ``data_dir`` setting (``DURABERT_DATA_DIR``). A present file with the
 expected content is kept, so the step is cheap to repeat.
@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         path, counts = fetch(data_dir, force=args.force)
     except (ValueError, subprocess.CalledProcessError) as exc:
-        print(f"fetch_demo_data: {exc}", file=sys.stderr)
+        print(f"demo data: {exc}", file=sys.stderr)
         return 1
     if counts is None:
         print(f"{path} is present and valid; nothing to do")
