@@ -199,9 +199,7 @@ class GpuActivities:
         reporter = _Reporter(request.run_id, info.attempt)
         child = TrainingChild(job)
         try:
-            await child.start()
-            reporter.state.pid = child.pid
-            reporter.heartbeat()
+            await self._start(child, reporter)
             return await self._supervise(child, reporter)
         finally:
             try:
@@ -210,6 +208,27 @@ class GpuActivities:
             finally:
                 child.close()
                 await reporter.close(timeout=self.stop_seconds)
+
+    async def _start(self, child: TrainingChild, reporter: _Reporter) -> None:
+        """Start the child, heartbeating meanwhile.
+
+        The first start launches the forkserver, which imports torch (~10 s): without
+        heartbeats that would look like a dead worker to a short heartbeat timeout.
+        """
+        starting = asyncio.create_task(child.start())
+        try:
+            while not starting.done():
+                reporter.heartbeat()
+                await asyncio.wait({starting}, timeout=POLL_SECONDS)
+        except asyncio.CancelledError:
+            # Let the start finish, so the child exists and can be told to stop (never orphaned).
+            with contextlib.suppress(Exception):
+                await asyncio.shield(starting)
+            child.request_stop()
+            raise
+        await starting
+        reporter.state.pid = child.pid
+        reporter.heartbeat()
 
     async def _supervise(self, child: TrainingChild, reporter: _Reporter) -> BertFineTuneResult:
         run_id = child.job.request.run_id

@@ -4,9 +4,11 @@ No Temporal here, so tests and benchmarks drive a child directly.
 """
 
 import asyncio
+import collections
 import contextlib
 import multiprocessing
 import sys
+import threading
 from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 from typing import Any
@@ -43,6 +45,17 @@ def _child_entry(job_json: str, events: Connection, control: Connection) -> None
     child_main(job_json, events, control)
 
 
+def warm_up() -> None:
+    """Start the training forkserver in the background, so the first run does not wait for its imports."""
+    context = training_context()
+    if context.get_start_method() == "forkserver":
+        from multiprocessing import forkserver
+
+        threading.Thread(
+            target=forkserver.ensure_running, name="durabert-forkserver-warmup", daemon=True
+        ).start()
+
+
 class ChildExited(Exception):
     """The child closed its event pipe (it finished, crashed or was killed)."""
 
@@ -62,7 +75,8 @@ class TrainingChild:
         self.process: Any = None
         self._events: Connection | None = None
         self._control: Connection | None = None
-        self._queue: asyncio.Queue[TrainingEvent | None] = asyncio.Queue()
+        self._buffer: collections.deque[TrainingEvent] = collections.deque()
+        self._ready = asyncio.Event()
         self._eof = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -96,10 +110,10 @@ class TrainingChild:
         assert self._events is not None
         try:
             while self._events.poll():
-                self._queue.put_nowait(EVENT_ADAPTER.validate_json(self._events.recv_bytes()))
+                self._buffer.append(EVENT_ADAPTER.validate_json(self._events.recv_bytes()))
         except (EOFError, OSError):
             self._stop_reading()
-            self._queue.put_nowait(None)
+        self._ready.set()
 
     def _stop_reading(self) -> None:
         if self._events is not None and self._loop is not None and not self._eof:
@@ -118,15 +132,20 @@ class TrainingChild:
         Raises:
             ChildExited: The child closed its pipe and every event was read.
         """
-        if self._eof and self._queue.empty():
+        if not self._buffer and not self._eof:
+            self._ready.clear()
+            # asyncio.wait, not wait_for: on Python 3.11 wait_for swallows a cancellation that
+            # lands while the awaited item arrives, and a cancelled activity would train on.
+            waiter = asyncio.ensure_future(self._ready.wait())
+            try:
+                await asyncio.wait({waiter}, timeout=timeout)
+            finally:
+                waiter.cancel()
+        if self._buffer:
+            return self._buffer.popleft()
+        if self._eof:
             raise ChildExited
-        try:
-            event = await asyncio.wait_for(self._queue.get(), timeout)
-        except TimeoutError:
-            return None
-        if event is None:
-            raise ChildExited
-        return event
+        return None
 
     def request_stop(self) -> None:
         """Ask the child to save a checkpoint at the end of its current step and stop."""

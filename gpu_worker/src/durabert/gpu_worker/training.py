@@ -241,7 +241,7 @@ def run_training(job: TrainJob, emit: Emit, stop: threading.Event) -> BertFineTu
         ApplicationError: ``ConfigurationError``/``ArtifactNotFoundError`` for requests that cannot run.
     """
     import torch
-    from transformers import Trainer, set_seed
+    from transformers import PrinterCallback, Trainer, set_seed
 
     request = job.request
     config = request.config
@@ -307,6 +307,8 @@ def run_training(job: TrainJob, emit: Emit, stop: threading.Event) -> BertFineTu
         compute_metrics=_accuracy,
         callbacks=[callback],
     )
+    # With tqdm disabled the Trainer prints every log dict to stdout; durabert logs them itself.
+    trainer.remove_callback(PrinterCallback)
     started = time.monotonic()
     try:
         output = trainer.train(resume_from_checkpoint=str(resume.path) if resume else None)

@@ -1,6 +1,7 @@
 """``durabert-gpu-worker``: fine-tuning and inference on ``gpu-queue``."""
 
 from durabert.gpu_worker.activities import GpuActivities
+from durabert.gpu_worker.supervisor import warm_up
 from durabert.shared.cli_support import run_worker_main
 from durabert.shared.runner import WorkerSpec
 from durabert.shared.settings import DurabertSettings
@@ -19,6 +20,7 @@ def build_spec(settings: DurabertSettings) -> WorkerSpec:
         The worker spec.
     """
     activities = GpuActivities(settings)
+    warm_up()
     return WorkerSpec(
         role="gpu",
         task_queue=settings.queues.gpu,

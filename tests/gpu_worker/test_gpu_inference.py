@@ -1,0 +1,85 @@
+"""Inference: the model loads once for repeated calls and predicts what ``transformers.pipeline`` predicts."""
+
+import os
+import shutil
+import threading
+
+import pytest
+from gpu_helpers import make_job, make_request, write_snapshot
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
+
+from durabert.gpu_worker.activities import GpuActivities
+from durabert.gpu_worker.training import MODEL_MANIFEST, run_training
+from durabert.shared.artifacts import ArtifactStore
+from durabert.shared.models import BertInferenceRequest
+from durabert.shared.settings import DurabertSettings
+
+TEXTS = ["the film was wonderful", "the script felt dull", "a lovely score", "boring pacing", "superb cast"]
+
+
+@pytest.fixture(scope="module")
+def trained_root(tmp_path_factory, tiny_bert_dir):
+    """An artifact store holding one finished run, ``served``."""
+    root = tmp_path_factory.mktemp("served")
+    snapshot = write_snapshot(root, train_rows=64)
+    settings = DurabertSettings(artifact_root=root, data_dir=root / "data")
+    request = make_request(tiny_bert_dir, snapshot, run_id="served", max_steps=8, checkpoint_steps=8)
+    run_training(make_job(request, settings), lambda e: None, threading.Event())
+    return root
+
+
+def activities_for(root, cache_size: int = 2) -> GpuActivities:
+    return GpuActivities(
+        DurabertSettings(artifact_root=root, data_dir=root / "data", gpu={"inference_cache_size": cache_size})
+    )
+
+
+async def infer(activities, run_id="served", texts=TEXTS, batch_size=2):
+    request = BertInferenceRequest(run_id=run_id, texts=texts, batch_size=batch_size, use_gpu=False)
+    return await ActivityEnvironment().run(activities.run_bert_inference, request)
+
+
+async def test_model_loads_once_and_matches_pipeline(trained_root):
+    from transformers import pipeline
+
+    activities = activities_for(trained_root)
+    first = await infer(activities)
+    second = await infer(activities, batch_size=4)
+    assert activities.cache.loads == 1
+    assert second.predicted_labels == first.predicted_labels
+    assert second.confidences == pytest.approx(first.confidences, abs=1e-5)  # other padding per batch
+    classify = pipeline(
+        "text-classification", model=str(ArtifactStore(trained_root).model_dir("served")), device="cpu"
+    )
+    expected = classify(TEXTS)
+    assert first.predicted_label_names == [item["label"] for item in expected]
+    assert first.confidences == pytest.approx([item["score"] for item in expected], abs=1e-5)
+    assert first.label_names == ["negative", "positive"]
+    assert first.device == "cpu"
+    assert first.texts == TEXTS
+
+
+async def test_retrained_model_is_reloaded_and_cache_evicts_least_recent(trained_root):
+    activities = activities_for(trained_root, cache_size=1)
+    store = ArtifactStore(trained_root)
+    other = store.model_dir("other")
+    if not other.exists():
+        shutil.copytree(store.model_dir("served"), other)
+    await infer(activities)
+    await infer(activities, run_id="other")
+    await infer(activities)  # evicted by "other" with a cache of one
+    assert activities.cache.loads == 3
+    manifest = store.model_dir("served") / MODEL_MANIFEST
+    stat = manifest.stat()
+    os.utime(manifest, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))  # a new model version
+    await infer(activities)
+    assert activities.cache.loads == 4
+
+
+async def test_run_without_a_finished_model_is_not_found(trained_root):
+    with pytest.raises(ApplicationError) as info:
+        await infer(activities_for(trained_root), run_id="never-trained")
+    assert info.value.type == "ArtifactNotFoundError"
+    assert info.value.non_retryable
+    assert "never-trained" in info.value.message

@@ -1,0 +1,76 @@
+"""The real ``durabert-gpu-worker`` process: SIGTERM checkpoints and stops; another worker resumes."""
+
+import asyncio
+import signal
+import uuid
+from pathlib import Path
+
+from gpu_helpers import make_request, write_snapshot
+from gpu_workflows import GpuTestTrainingWorkflow
+from temporalio.worker import Worker
+
+from durabert.gpu_worker import checkpoints
+from durabert.shared.artifacts import ArtifactStore
+from support.processes import WorkerProcess
+
+
+def process_gone(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status")
+    return not status.exists() or "zombie" in status.read_text()
+
+
+async def wait_for_checkpoint_signal(handle, timeout: float = 120.0):
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        signals = await handle.query("signals")
+        saved = [info for info in signals if info["path"]]
+        if saved:
+            return saved
+        await asyncio.sleep(0.2)
+    raise AssertionError("no checkpoint signal reached the workflow")
+
+
+async def test_sigterm_checkpoints_stops_and_another_worker_resumes(
+    client, worker_env, artifact_root, queue_name, tiny_bert_dir, tmp_path
+):
+    snapshot = write_snapshot(artifact_root, train_rows=128)
+    request = make_request(tiny_bert_dir, snapshot, run_id="preempted", max_steps=200, checkpoint_steps=4)
+    env = {
+        **worker_env,
+        "DURABERT_QUEUES__GPU": queue_name,
+        "DURABERT_WORKER__GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS": "30",
+    }
+    first = WorkerProcess("durabert-gpu-worker", env, log_path=tmp_path / "gpu-1.log").start()
+    try:
+        async with Worker(client, task_queue=f"{queue_name}-wf", workflows=[GpuTestTrainingWorkflow]):
+            handle = await client.start_workflow(
+                GpuTestTrainingWorkflow.run,
+                args=[request, queue_name, 2],
+                id=f"gpu-test-{uuid.uuid4().hex[:8]}",
+                task_queue=f"{queue_name}-wf",
+            )
+            saved = await wait_for_checkpoint_signal(handle)
+            first.signal(signal.SIGTERM)
+            assert first.wait(timeout=60) == 0
+            stopped = first.wait_for(lambda line: line.get("event") == "training stopped", timeout=1)
+            started = first.wait_for(lambda line: line.get("event") == "training process started", timeout=1)
+            assert process_gone(started["pid"])
+            checkpoint = ArtifactStore(artifact_root).resolve(stopped["checkpoint"])
+            assert checkpoints.is_complete(checkpoint)
+            assert stopped["step"] >= saved[0]["step"]
+            assert stopped["step"] < 200
+
+            second = WorkerProcess("durabert-gpu-worker", env, log_path=tmp_path / "gpu-2.log").start()
+            try:
+                result = await asyncio.wait_for(handle.result(), timeout=180)
+                signals = await handle.query("signals")
+            finally:
+                second.stop()
+    finally:
+        first.stop()
+    assert result.attempts == 2
+    assert result.resumed_from_step == stopped["step"]
+    assert result.global_step == 200
+    assert {info["attempt"] for info in signals} == {1, 2}
+    assert max(info["step"] for info in signals if info["path"]) == 200
