@@ -31,11 +31,11 @@ def test_device_order_cuda_then_mps_then_cpu(use_gpu, preference, cuda, mps, exp
 
 
 @pytest.mark.parametrize("preference", ["cuda", "mps"])
-def test_forced_device_that_is_missing_is_a_configuration_error(preference):
+def test_forced_device_that_is_missing_fails_retryably(preference):
     with pytest.raises(ApplicationError) as info:
         select_device(True, preference, has_cuda=no, has_mps=no)
-    assert info.value.type == "ConfigurationError"
-    assert info.value.non_retryable
+    assert info.value.type == "DeviceUnavailableError"
+    assert not info.value.non_retryable
     assert "DURABERT_GPU__DEVICE" in info.value.message
 
 

@@ -138,3 +138,40 @@ def test_missing_snapshot_and_model_folder_fail_before_training(tmp_path, tiny_b
         )
     assert info.value.type == "ArtifactNotFoundError"
     assert "eval.parquet" in info.value.message
+
+
+def test_training_a_finished_run_again_republishes_from_its_final_checkpoint(tmp_path, tiny_bert_dir):
+    snapshot = write_snapshot(tmp_path)
+    settings = settings_for(tmp_path, tmp_path)
+    request = make_request(tiny_bert_dir, snapshot, max_steps=8, checkpoint_steps=4)
+    first = run_training(make_job(request, settings), lambda e: None, threading.Event())
+    again = run_training(make_job(request, settings), lambda e: None, threading.Event())
+    assert first.resumed_from_step is None
+    assert again.resumed_from_step == again.global_step == 8
+    assert again.eval_metrics["eval_loss"] == pytest.approx(first.eval_metrics["eval_loss"], abs=1e-6)
+    manifest = json.loads((ArtifactStore(tmp_path).model_dir("run-1") / MODEL_MANIFEST).read_text())
+    assert manifest["resume_points"] == [8]
+
+
+@pytest.mark.parametrize(("batch_size", "error_type"), [(1, "ConfigurationError"), (8, None)])
+def test_out_of_memory_is_a_configuration_error_only_at_batch_size_one(
+    tmp_path, tiny_bert_dir, monkeypatch, batch_size, error_type
+):
+    import torch
+    import transformers
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(transformers.Trainer, "train", out_of_memory)
+    request = make_request(tiny_bert_dir, write_snapshot(tmp_path), batch_size=batch_size)
+    job = make_job(request, settings_for(tmp_path, tmp_path))
+    if error_type is None:  # a bigger batch may fit on a less busy device: the generic, retried path
+        with pytest.raises(torch.OutOfMemoryError):
+            run_training(job, lambda e: None, threading.Event())
+        return
+    with pytest.raises(ApplicationError) as info:
+        run_training(job, lambda e: None, threading.Event())
+    assert info.value.type == error_type
+    assert info.value.non_retryable
+    assert "batch size 1" in info.value.message

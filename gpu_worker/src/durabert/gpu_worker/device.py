@@ -7,7 +7,7 @@ choice is testable without a GPU and without importing torch at module import ti
 from collections.abc import Callable
 from typing import Literal
 
-from durabert.shared.errors import configuration_error
+from temporalio.exceptions import ApplicationError
 
 Device = Literal["cuda", "mps", "cpu"]
 """A device durabert trains or infers on."""
@@ -15,6 +15,16 @@ DevicePreference = Literal["auto", "cuda", "mps", "cpu"]
 """The worker's ``DURABERT_GPU__DEVICE`` setting."""
 Precision = Literal["bf16", "fp16", "fp32"]
 """Numeric precision of training."""
+DEVICE_UNAVAILABLE = "DeviceUnavailableError"
+"""Error type when a worker forced to a device lacks it: retried, since another worker may have it."""
+
+
+def _unavailable(device: str) -> ApplicationError:
+    return ApplicationError(
+        f"DURABERT_GPU__DEVICE is {device!r} but this worker has no such device (driver missing or the "
+        "device is not visible to the container); the attempt is retried, maybe on another worker",
+        type=DEVICE_UNAVAILABLE,
+    )
 
 
 def cuda_available() -> bool:
@@ -58,18 +68,19 @@ def select_device(
         The device to use.
 
     Raises:
-        ApplicationError: ``ConfigurationError`` when the worker is set to a device it lacks
-            (a misconfigured node must not silently train a thousand times slower on CPU).
+        ApplicationError: ``DeviceUnavailableError`` (retried) when the worker is set to a device
+            it lacks: a misconfigured node must not silently train a thousand times slower on CPU,
+            and another worker may serve the attempt.
     """
     if not use_gpu or preference == "cpu":
         return "cpu"
     if preference == "cuda":
         if not has_cuda():
-            raise configuration_error("DURABERT_GPU__DEVICE is 'cuda' but this worker has no CUDA device")
+            raise _unavailable("cuda")
         return "cuda"
     if preference == "mps":
         if not has_mps():
-            raise configuration_error("DURABERT_GPU__DEVICE is 'mps' but this worker has no Apple MPS device")
+            raise _unavailable("mps")
         return "mps"
     if has_cuda():
         return "cuda"
