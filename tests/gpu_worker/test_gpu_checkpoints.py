@@ -52,3 +52,11 @@ def test_rotation_keeps_newest_complete_and_never_touches_incomplete(tmp_path):
     assert [p.name for p in deleted] == ["checkpoint-2"]
     assert pending.exists()
     assert [c.step for c in checkpoints.list_checkpoints(tmp_path)] == [4, 6, 8]
+
+
+def test_unmark_makes_a_folder_incomplete_before_it_is_rewritten(tmp_path):
+    path = make(tmp_path, 4)
+    checkpoints.unmark(path)
+    checkpoints.unmark(tmp_path / "checkpoint-99")  # missing folders are fine
+    assert not checkpoints.is_complete(path)
+    assert checkpoints.newest_complete(tmp_path) is None

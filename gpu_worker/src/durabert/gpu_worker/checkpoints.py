@@ -96,6 +96,15 @@ def mark_complete(path: Path, step: int, attempt: int) -> None:
     )
 
 
+def unmark(path: Path) -> None:
+    """Remove a checkpoint's completion marker before the folder is written again.
+
+    Args:
+        path: A checkpoint folder (may not exist).
+    """
+    (path / COMPLETE_MARKER).unlink(missing_ok=True)
+
+
 def remove_incomplete(directory: Path) -> list[Path]:
     """Delete checkpoint folders without a marker (left by a killed attempt), with a warning.
 

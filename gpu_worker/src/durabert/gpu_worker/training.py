@@ -139,6 +139,10 @@ def _make_callback(
                 control.should_save = True
                 control.should_training_stop = True
                 self.stopped_at = state.global_step
+            if control.should_save:
+                # The folder may exist from an earlier attempt (or an orphaned one) that got past
+                # this step: drop its marker first, so a half-overwritten folder is never "complete".
+                checkpoints.unmark(checkpoints_dir / f"checkpoint-{state.global_step}")
 
         def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
             if not logs or "loss" not in logs:
