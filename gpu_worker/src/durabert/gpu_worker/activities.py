@@ -183,7 +183,9 @@ class GpuActivities:
             asyncio.CancelledError: After a checkpoint, when the activity is cancelled.
         """
         bind_run_id(request.run_id)
-        info = activity.info()
+        # The workflow retries training itself (each call carries its attempt number); a
+        # server-side retry of the same call would add to it.
+        attempt = request.attempt + activity.info().attempt - 1
         device = select_device(request.config.use_gpu, self.settings.gpu.device)
         # Fail fast, before a child process starts, on what the parent can check cheaply.
         locate_snapshot(self.store, request.dataset_snapshot)
@@ -192,11 +194,11 @@ class GpuActivities:
             request=request,
             settings=self.settings,
             device=device,
-            attempt=info.attempt,
+            attempt=attempt,
             resume_hint=_resume_hint(),
         )
-        log.info("fine-tuning attempt starting", run_id=request.run_id, attempt=info.attempt, device=device)
-        reporter = _Reporter(request.run_id, info.attempt)
+        log.info("fine-tuning attempt starting", run_id=request.run_id, attempt=attempt, device=device)
+        reporter = _Reporter(request.run_id, attempt)
         child = TrainingChild(job)
         try:
             await self._start(child, reporter)
@@ -261,7 +263,7 @@ class GpuActivities:
 
     def _outcome(self, event: TrainingEvent, run_id: str) -> BertFineTuneResult | None:
         if isinstance(event, DoneEvent):
-            return event.result.model_copy(update={"attempts": activity.info().attempt})
+            return event.result
         if isinstance(event, ErrorEvent):
             raise ApplicationError(event.message, type=event.error_type, non_retryable=event.non_retryable)
         if isinstance(event, StoppedEvent):

@@ -16,7 +16,7 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
     from durabert.shared import activities, names
@@ -91,12 +91,12 @@ class CheckpointedBertTrainingWorkflow:
             self._progress.stage = "failed"
             self._progress.error = exc.message
             raise
-        except ActivityError as exc:
-            self._progress.stage = "failed"
-            self._progress.error = str(exc.cause or exc)
-            raise
-        except asyncio.CancelledError:
-            self._progress.stage = "cancelled"
+        except (ActivityError, asyncio.CancelledError) as exc:
+            if is_cancelled_exception(exc):
+                self._progress.stage = "cancelled"
+            else:
+                self._progress.stage = "failed"
+                self._progress.error = str(exc.cause or exc) if isinstance(exc, ActivityError) else str(exc)
             raise
         self._progress.stage = "completed"
         self._progress.step = result.global_step
@@ -167,7 +167,8 @@ class CheckpointedBertTrainingWorkflow:
                     cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
                 )
             except ActivityError as exc:
-                if _is_non_retryable(exc) or attempt == cfg.max_attempts:
+                # A cancelled activity means the workflow itself is being cancelled: no retry.
+                if is_cancelled_exception(exc) or _is_non_retryable(exc) or attempt == cfg.max_attempts:
                     raise
                 workflow.logger.warning(
                     "fine-tuning attempt failed; retrying from the latest checkpoint",

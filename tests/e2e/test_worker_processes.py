@@ -1,0 +1,253 @@
+"""The three workers as separate processes, started by their console scripts, as in production.
+
+A GPU worker is SIGKILLed after the first checkpoint (a dead node) and its replacement is
+sent SIGTERM mid-training (a preemption): the run still ends at the planned step, having
+retrained at most one checkpoint interval. Cancelling from the CLI frees the GPU, and two
+runs sharing one GPU slot train one after the other.
+"""
+
+import asyncio
+import signal
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
+
+from durabert.orchestrator.cli import execute
+from durabert.shared import names
+from durabert.shared.devserver import DevServer
+from durabert.shared.models import BertFineTuneConfig, BertFineTuneResult, TrainingProgress
+from durabert.shared.settings import DurabertSettings
+from support.datasets import write_reviews
+from support.processes import WorkerProcess
+
+pytestmark = pytest.mark.slow
+CHECKPOINT_STEPS = 5
+
+
+@dataclass
+class Cluster:
+    """Worker processes sharing one artifact store, on queues of their own."""
+
+    settings: DurabertSettings
+    env: dict[str, str]
+    log_dir: Path
+    workers: list[WorkerProcess]
+    data_file: Path
+
+    def start(self, role: str) -> WorkerProcess:
+        script = {"orchestrator": "durabert-orchestrator-worker", "data": "durabert-data-worker"}.get(
+            role, "durabert-gpu-worker"
+        )
+        worker = WorkerProcess(script, self.env, self.log_dir / f"{role}-{len(self.workers)}.log")
+        self.workers.append(worker.start())
+        return worker
+
+    def config(self, run_id: str, model: Path, **overrides: Any) -> BertFineTuneConfig:
+        base: dict[str, Any] = {
+            "run_id": run_id,
+            "model_name": str(model),
+            "dataset_name": "json",
+            "data_files": str(self.data_file),
+            "text_field": "sentence",
+            "max_steps": 30,
+            "checkpoint_steps": CHECKPOINT_STEPS,
+            "batch_size": 8,
+            "max_seq_length": 32,
+            "learning_rate": 1e-3,
+            "use_gpu": False,
+            "heartbeat_timeout_seconds": 5,
+            "timeouts": {"retry_initial_interval_seconds": 0.5},
+        }
+        return BertFineTuneConfig.model_validate(base | overrides)
+
+    async def start_run(self, client: Client, config: BertFineTuneConfig) -> WorkflowHandle[Any, Any]:
+        return await client.start_workflow(
+            names.TRAINING_WORKFLOW,
+            config,
+            id=config.run_id or "",
+            task_queue=self.settings.queues.orchestrator,
+            memo=self.settings.queue_memo(),
+            result_type=BertFineTuneResult,
+        )
+
+
+@pytest.fixture(scope="module")
+def cluster(dev_server: DevServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    root = tmp_path_factory.mktemp("cluster")
+    suffix = uuid.uuid4().hex[:8]
+    settings = DurabertSettings(
+        temporal={"address": dev_server.address},
+        artifact_root=root / "artifacts",
+        data_dir=root / "data",
+        queues={"data": f"data-{suffix}", "gpu": f"gpu-{suffix}", "orchestrator": f"orch-{suffix}"},
+    )
+    env = {
+        "DURABERT_TEMPORAL__ADDRESS": dev_server.address,
+        "DURABERT_ARTIFACT_ROOT": str(settings.artifact_root),
+        "DURABERT_DATA_DIR": str(settings.data_dir),
+        "DURABERT_QUEUES__DATA": settings.queues.data,
+        "DURABERT_QUEUES__GPU": settings.queues.gpu,
+        "DURABERT_QUEUES__ORCHESTRATOR": settings.queues.orchestrator,
+        "DURABERT_LOG_FORMAT": "json",
+        "DURABERT_WORKER__GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS": "30",
+        "DURABERT_GPU__DEVICE": "cpu",
+        "PYTHONUNBUFFERED": "1",
+        "HF_HUB_OFFLINE": "1",
+        "PATH": "/usr/bin:/bin",
+    }
+    log_dir = root / "logs"
+    log_dir.mkdir()
+    data_file = write_reviews(settings.data_dir / "reviews.jsonl", rows=400)
+    cluster = Cluster(settings, env, log_dir, [], data_file)
+    try:
+        cluster.start("orchestrator")
+        cluster.start("data")
+        yield cluster
+    finally:
+        for worker in cluster.workers:
+            worker.stop()
+
+
+async def _progress(handle: WorkflowHandle[Any, Any]) -> TrainingProgress:
+    return await handle.query(names.GET_PROGRESS_QUERY, result_type=TrainingProgress)
+
+
+async def _wait_progress(
+    handle: WorkflowHandle[Any, Any], done: Any, timeout: float = 120
+) -> TrainingProgress:
+    async def poll() -> TrainingProgress:
+        while True:
+            progress = await _progress(handle)
+            if done(progress):
+                return progress
+            await asyncio.sleep(0.2)
+
+    return await asyncio.wait_for(poll(), timeout)
+
+
+def _steps_trained(history: list[dict[str, Any]]) -> int:
+    """Steps each attempt trained (last logged step minus its resume point), summed."""
+    starts = {r["attempt"]: r.get("resumed_from_step") or 0 for r in history if r["kind"] == "attempt"}
+    last: dict[int, int] = {}
+    for record in history:
+        if record["kind"] in ("loss", "checkpoint"):
+            last[record["attempt"]] = max(last.get(record["attempt"], 0), record["step"])
+    return sum(last.get(a, start) - start for a, start in starts.items())
+
+
+@pytest.fixture
+async def gpu_worker(cluster: Cluster) -> AsyncIterator[WorkerProcess]:
+    """A GPU worker for one test; every GPU worker the test started is gone afterwards."""
+    yield cluster.start("gpu")
+    for worker in cluster.workers:
+        if worker.script == "durabert-gpu-worker":
+            worker.stop()
+
+
+async def _fine_tune_span(handle: WorkflowHandle[Any, Any]) -> tuple[Any, Any]:
+    """When the run's fine-tuning activity started and completed, from the workflow history."""
+    fine_tune_ids: set[int] = set()
+    started = completed = None
+    async for event in handle.fetch_history_events():
+        kind = event.event_type
+        scheduled = event.activity_task_scheduled_event_attributes
+        if (
+            kind == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+            and scheduled.activity_type.name == names.FINE_TUNE_BERT
+        ):
+            fine_tune_ids.add(event.event_id)
+        elif kind == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
+            if event.activity_task_started_event_attributes.scheduled_event_id in fine_tune_ids:
+                started = event.event_time.ToDatetime()
+        elif (
+            kind == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED
+            and event.activity_task_completed_event_attributes.scheduled_event_id in fine_tune_ids
+        ):
+            completed = event.event_time.ToDatetime()
+    return started, completed
+
+
+async def test_killed_then_preempted_gpu_workers_lose_at_most_one_interval(
+    client: Client, cluster: Cluster, gpu_worker: WorkerProcess, tiny_model_dir: Path
+) -> None:
+    from durabert.gpu_worker import history  # the run's own record of what each attempt trained
+
+    run_id = f"crash-{uuid.uuid4().hex[:6]}"
+    config = cluster.config(run_id, tiny_model_dir)
+    handle = await cluster.start_run(client, config)
+
+    # A dead node: SIGKILL once the first checkpoint is complete, then a fresh worker.
+    first = await _wait_progress(handle, lambda p: p.latest_checkpoint is not None)
+    assert first.latest_checkpoint is not None
+    gpu_worker.signal(signal.SIGKILL)
+    gpu_worker.wait(timeout=30)
+    second = cluster.start("gpu")
+
+    # A preemption: SIGTERM the replacement once it has trained past its resume point.
+    resumed = first.latest_checkpoint.step
+    before_term = await _wait_progress(handle, lambda p: p.attempt >= 2 and p.step > resumed + 2)
+    second.signal(signal.SIGTERM)
+    assert second.wait(timeout=60) == 0  # drained: checkpoint written, then a clean exit
+    stopped = second.wait_for(lambda line: line.get("event") == "training stopped", timeout=5)
+    assert stopped["checkpoint"] is not None
+    assert stopped["step"] >= before_term.step
+    cluster.start("gpu")
+
+    result: BertFineTuneResult = await asyncio.wait_for(handle.result(), timeout=240)
+    progress = await _progress(handle)
+
+    assert result.global_step == config.max_steps
+    assert result.attempts == 3
+    # The last attempt resumed from the checkpoint saved at SIGTERM: nothing lost there.
+    assert result.resumed_from_step == stopped["step"]
+    assert progress.resumes == 2
+    records = history.read(cluster.settings.artifact_root / "runs" / run_id)
+    # One kill costs at most one checkpoint interval; the SIGTERM costs nothing.
+    assert _steps_trained(records) <= config.max_steps + CHECKPOINT_STEPS
+    assert (cluster.settings.artifact_root / result.model_path / "config.json").is_file()
+
+
+async def test_cancel_from_the_cli_frees_the_gpu(
+    client: Client, cluster: Cluster, gpu_worker: WorkerProcess, tiny_model_dir: Path
+) -> None:
+    run_id = f"cancel-{uuid.uuid4().hex[:6]}"
+    handle = await cluster.start_run(client, cluster.config(run_id, tiny_model_dir, max_steps=5000))
+    await _wait_progress(handle, lambda p: p.step > 0)
+    started = gpu_worker.wait_for(lambda line: line.get("event") == "training process started", 5)
+
+    code = await execute(["cancel", run_id, "--wait"], settings=cluster.settings)
+
+    assert code == 0
+    description = await handle.describe()
+    assert description.status == WorkflowExecutionStatus.CANCELED
+    # The workflow waited for the worker to acknowledge: by now training has stopped and
+    # its process is gone, with a checkpoint to resume from.
+    stopped = gpu_worker.wait_for(lambda line: line.get("event") == "training stopped", 5)
+    assert stopped["checkpoint"] is not None
+    assert not Path(f"/proc/{started['pid']}").exists()
+    assert gpu_worker.process is not None
+    assert gpu_worker.process.poll() is None  # the worker itself keeps serving
+
+
+async def test_two_runs_share_one_gpu_slot_one_after_the_other(
+    client: Client, cluster: Cluster, gpu_worker: WorkerProcess, tiny_model_dir: Path
+) -> None:
+    handles = [
+        await cluster.start_run(
+            client, cluster.config(f"slot-{i}-{uuid.uuid4().hex[:6]}", tiny_model_dir, max_steps=10)
+        )
+        for i in range(2)
+    ]
+    results = await asyncio.wait_for(asyncio.gather(*(h.result() for h in handles)), timeout=240)
+    assert [r.global_step for r in results] == [10, 10]
+
+    (start_a, end_a), (start_b, end_b) = [await _fine_tune_span(h) for h in handles]
+    assert None not in (start_a, end_a, start_b, end_b)
+    # One slot: the second fine-tuning started only after the first completed.
+    assert end_a <= start_b or end_b <= start_a
