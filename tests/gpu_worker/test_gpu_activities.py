@@ -37,13 +37,13 @@ async def start_and_wait_for_checkpoint(env: ActivityEnvironment, activities: Gp
     return task, beats
 
 
-async def test_cancel_stops_training_with_a_complete_checkpoint(tmp_path, tiny_bert_dir):
+async def test_cancel_stops_training_with_a_complete_checkpoint(tmp_path, tiny_model_dir):
     root = tmp_path / "artifacts"
     snapshot = write_snapshot(root, train_rows=128)
     activities = GpuActivities(gpu_settings(root, tmp_path))
     env = ActivityEnvironment()
     task, beats = await start_and_wait_for_checkpoint(
-        env, activities, make_request(tiny_bert_dir, snapshot, **LONG)
+        env, activities, make_request(tiny_model_dir, snapshot, **LONG)
     )
     env.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -56,11 +56,11 @@ async def test_cancel_stops_training_with_a_complete_checkpoint(tmp_path, tiny_b
     assert not ArtifactStore(root).model_dir("run-1").exists()
 
 
-async def test_worker_shutdown_checkpoints_fails_retryably_and_the_retry_resumes(tmp_path, tiny_bert_dir):
+async def test_worker_shutdown_checkpoints_fails_retryably_and_the_retry_resumes(tmp_path, tiny_model_dir):
     root = tmp_path / "artifacts"
     snapshot = write_snapshot(root, train_rows=128)
     activities = GpuActivities(gpu_settings(root, tmp_path))
-    request = make_request(tiny_bert_dir, snapshot, max_steps=300, checkpoint_steps=4)
+    request = make_request(tiny_model_dir, snapshot, max_steps=300, checkpoint_steps=4)
     env = ActivityEnvironment()
     task, beats = await start_and_wait_for_checkpoint(env, activities, request)
     env.worker_shutdown()

@@ -19,12 +19,12 @@ TEXTS = ["the film was wonderful", "the script felt dull", "a lovely score", "bo
 
 
 @pytest.fixture(scope="module")
-def trained_root(tmp_path_factory, tiny_bert_dir):
+def trained_root(tmp_path_factory, tiny_model_dir):
     """An artifact store holding one finished run, ``served``."""
     root = tmp_path_factory.mktemp("served")
     snapshot = write_snapshot(root, train_rows=64)
     settings = DurabertSettings(artifact_root=root, data_dir=root / "data")
-    request = make_request(tiny_bert_dir, snapshot, run_id="served", max_steps=8, checkpoint_steps=8)
+    request = make_request(tiny_model_dir, snapshot, run_id="served", max_steps=8, checkpoint_steps=8)
     run_training(make_job(request, settings), lambda e: None, threading.Event())
     return root
 

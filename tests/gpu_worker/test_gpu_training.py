@@ -26,11 +26,13 @@ def settings_for(root, tmp_path) -> DurabertSettings:
     return DurabertSettings(artifact_root=root, data_dir=tmp_path / "data", log_format="json")
 
 
-async def test_killed_run_resumes_from_complete_checkpoint_and_matches_uninterrupted(tmp_path, tiny_bert_dir):
+async def test_killed_run_resumes_from_complete_checkpoint_and_matches_uninterrupted(
+    tmp_path, tiny_model_dir
+):
     # Uninterrupted reference run, in this process.
     root_a = tmp_path / "a"
     snapshot = write_snapshot(root_a, train_rows=256, eval_rows=32)
-    request = make_request(tiny_bert_dir, snapshot, **LONG)
+    request = make_request(tiny_model_dir, snapshot, **LONG)
     reference = run_training(
         make_job(request, settings_for(root_a, tmp_path)), lambda e: None, threading.Event()
     )
@@ -84,9 +86,9 @@ async def test_killed_run_resumes_from_complete_checkpoint_and_matches_uninterru
     assert classify("the film was wonderful")[0]["label"] in {"negative", "positive"}
 
 
-def test_stop_request_saves_a_checkpoint_and_returns_early(tmp_path, tiny_bert_dir):
+def test_stop_request_saves_a_checkpoint_and_returns_early(tmp_path, tiny_model_dir):
     snapshot = write_snapshot(tmp_path, train_rows=256)
-    request = make_request(tiny_bert_dir, snapshot, checkpoint_steps=1000, max_steps=500)
+    request = make_request(tiny_model_dir, snapshot, checkpoint_steps=1000, max_steps=500)
     stop = threading.Event()
 
     def emit(event):
@@ -101,11 +103,11 @@ def test_stop_request_saves_a_checkpoint_and_returns_early(tmp_path, tiny_bert_d
     assert checkpoints.checkpoint_step(saved) == outcome.step < 500
 
 
-def test_label_count_mismatch_is_a_configuration_error(tmp_path, tiny_bert_dir):
+def test_label_count_mismatch_is_a_configuration_error(tmp_path, tiny_model_dir):
     from transformers import AutoModelForSequenceClassification
 
     three = tmp_path / "three-labels"
-    AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir, num_labels=3).save_pretrained(three)
+    AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=3).save_pretrained(three)
     with pytest.raises(ApplicationError) as info:
         load_model_and_tokenizer(str(three), str(three), ["negative", "positive"])
     assert info.value.type == "ConfigurationError"
@@ -123,7 +125,7 @@ def test_unknown_hub_model_offline_is_a_configuration_error(monkeypatch):
     assert "nobody/no-such-model" in info.value.message
 
 
-def test_missing_snapshot_and_model_folder_fail_before_training(tmp_path, tiny_bert_dir):
+def test_missing_snapshot_and_model_folder_fail_before_training(tmp_path, tiny_model_dir):
     snapshot = write_snapshot(tmp_path)
     settings = settings_for(tmp_path, tmp_path)
     missing_model = make_request(tmp_path / "no-such-model", snapshot)
@@ -134,16 +136,16 @@ def test_missing_snapshot_and_model_folder_fail_before_training(tmp_path, tiny_b
     (tmp_path / "snapshots" / snapshot.snapshot_id / "eval.parquet").unlink()
     with pytest.raises(ApplicationError) as info:
         run_training(
-            make_job(make_request(tiny_bert_dir, snapshot), settings), lambda e: None, threading.Event()
+            make_job(make_request(tiny_model_dir, snapshot), settings), lambda e: None, threading.Event()
         )
     assert info.value.type == "ArtifactNotFoundError"
     assert "eval.parquet" in info.value.message
 
 
-def test_training_a_finished_run_again_republishes_from_its_final_checkpoint(tmp_path, tiny_bert_dir):
+def test_training_a_finished_run_again_republishes_from_its_final_checkpoint(tmp_path, tiny_model_dir):
     snapshot = write_snapshot(tmp_path)
     settings = settings_for(tmp_path, tmp_path)
-    request = make_request(tiny_bert_dir, snapshot, max_steps=8, checkpoint_steps=4)
+    request = make_request(tiny_model_dir, snapshot, max_steps=8, checkpoint_steps=4)
     first = run_training(make_job(request, settings), lambda e: None, threading.Event())
     again = run_training(make_job(request, settings), lambda e: None, threading.Event())
     assert first.resumed_from_step is None
@@ -155,7 +157,7 @@ def test_training_a_finished_run_again_republishes_from_its_final_checkpoint(tmp
 
 @pytest.mark.parametrize(("batch_size", "error_type"), [(1, "ConfigurationError"), (8, None)])
 def test_out_of_memory_is_a_configuration_error_only_at_batch_size_one(
-    tmp_path, tiny_bert_dir, monkeypatch, batch_size, error_type
+    tmp_path, tiny_model_dir, monkeypatch, batch_size, error_type
 ):
     import torch
     import transformers
@@ -164,7 +166,7 @@ def test_out_of_memory_is_a_configuration_error_only_at_batch_size_one(
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(transformers.Trainer, "train", out_of_memory)
-    request = make_request(tiny_bert_dir, write_snapshot(tmp_path), batch_size=batch_size)
+    request = make_request(tiny_model_dir, write_snapshot(tmp_path), batch_size=batch_size)
     job = make_job(request, settings_for(tmp_path, tmp_path))
     if error_type is None:  # a bigger batch may fit on a less busy device: the generic, retried path
         with pytest.raises(torch.OutOfMemoryError):

@@ -32,10 +32,10 @@ async def wait_for_checkpoint_signal(handle, timeout: float = 120.0):
 
 
 async def test_sigterm_checkpoints_stops_and_another_worker_resumes(
-    client, worker_env, artifact_root, queue_name, tiny_bert_dir, tmp_path
+    client, worker_env, artifact_root, queue_name, tiny_model_dir, tmp_path
 ):
     snapshot = write_snapshot(artifact_root, train_rows=128)
-    request = make_request(tiny_bert_dir, snapshot, run_id="preempted", max_steps=200, checkpoint_steps=4)
+    request = make_request(tiny_model_dir, snapshot, run_id="preempted", max_steps=200, checkpoint_steps=4)
     env = {
         **worker_env,
         "DURABERT_QUEUES__GPU": queue_name,
