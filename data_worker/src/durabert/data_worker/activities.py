@@ -114,7 +114,13 @@ class SnapshotActivities:
                 attempt=info.attempt,
             )
             with _BackgroundHeartbeat(heartbeat_interval(info.heartbeat_timeout)):
-                outcome = create_snapshot(request, self._settings, _progress)
+                try:
+                    outcome = create_snapshot(request, self._settings, _progress)
+                except StopIteration as exc:
+                    # The SDK runs this function in an executor; a StopIteration cannot be set
+                    # on the awaiting asyncio future, so the attempt would never end and its
+                    # worker slot would be held forever. Any other exception reports normally.
+                    raise RuntimeError(f"snapshot step ended a generator early: {exc!r}") from exc
             result = outcome.result
             log.info(
                 "snapshot reused" if result.cache_hit else "snapshot created",

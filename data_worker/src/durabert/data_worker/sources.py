@@ -186,6 +186,13 @@ def load_source(
     except DatasetGenerationError as exc:
         cause = exc.__cause__ or exc
         raise invalid_input(f"cannot read {source}: {_first_line(cause)}", field="data_files") from exc
+    except StopIteration as exc:
+        # The json loader infers features from the first table with next(); an empty file has
+        # none. Left alone, StopIteration cannot be set on the activity's asyncio future and
+        # the attempt would hang forever, holding a worker slot.
+        raise invalid_input(f"{source} has no rows (empty file)", field=source_field(request)) from exc
+    except pa.ArrowInvalid as exc:  # a zero-byte or corrupt Parquet file, before any row is read
+        raise invalid_input(f"cannot read {source}: {_first_line(exc)}", field="data_files") from exc
     except ValueError as exc:
         if "corresponds to no data" in str(exc):  # how datasets reports files without rows
             raise invalid_input(f"{source} has no rows", field=source_field(request)) from exc
