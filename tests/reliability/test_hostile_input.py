@@ -17,6 +17,7 @@ import asyncio
 import io
 import json
 import uuid
+import zipfile
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from contextlib import AsyncExitStack
@@ -505,6 +506,39 @@ def dataset_folder_outside(env: Hostile) -> dict[str, Any]:
     return base_config(dataset_name=str(env.outside / "folder"), data_files=None)
 
 
+def local_scheme(env: Hostile) -> dict[str, Any]:
+    target = write_reviews(env.outside / "scheme.jsonl", rows=20)
+    return base_config(f"local://{target}")
+
+
+def fsspec_chain(env: Hostile) -> dict[str, Any]:
+    archive = env.outside / "private.zip"
+    with zipfile.ZipFile(archive, "w") as bundle:
+        bundle.write(write_reviews(env.outside / "zipped.jsonl", rows=20), "train.jsonl")
+    return base_config(f"zip://train.jsonl::{archive}")
+
+
+def folder_with_outside_files(env: Hostile) -> dict[str, Any]:
+    folder = env.data_dir / "folder-ok"
+    write_reviews(folder / "train.jsonl", rows=20)
+    private = write_reviews(env.outside / "folder-private.jsonl", rows=20)
+    return base_config(dataset_name=str(folder), data_files=str(private))
+
+
+def folder_with_outside_link(env: Hostile) -> dict[str, Any]:
+    folder = env.data_dir / "folder-link"
+    write_reviews(folder / "train.jsonl", rows=20)
+    link = folder / "validation.jsonl"
+    if not link.is_symlink():
+        link.symlink_to(write_reviews(env.outside / "link-private.jsonl", rows=20))
+    return base_config(dataset_name=str(folder), data_files=None)
+
+
+def dataset_name_scheme(env: Hostile) -> dict[str, Any]:
+    write_reviews(env.outside / "scheme-folder" / "train.jsonl", rows=20)
+    return base_config(dataset_name=f"local://{env.outside / 'scheme-folder'}", data_files=None)
+
+
 def remote_code(env: Hostile) -> dict[str, Any]:
     good = write_reviews(env.data_dir / "reviews.jsonl", rows=20)
     return base_config(str(good), trust_remote_code=True)
@@ -525,6 +559,11 @@ DATA_CASES: dict[str, tuple[Callable[[Hostile], dict[str, Any]], str]] = {
     "outside-glob-symlink": (glob_symlink_escape, "data_files"),
     "outside-eval-split": (split_outside, "data_files"),
     "outside-dataset-folder": (dataset_folder_outside, "dataset_name"),
+    "outside-local-scheme": (local_scheme, "data_files"),
+    "outside-fsspec-chain": (fsspec_chain, "data_files"),
+    "outside-files-of-an-inside-folder": (folder_with_outside_files, "data_files"),
+    "outside-link-in-an-inside-folder": (folder_with_outside_link, "dataset_name"),
+    "outside-dataset-name-scheme": (dataset_name_scheme, "dataset_name"),
     "trust-remote-code-forbidden": (remote_code, "trust_remote_code"),
 }
 """Valid configs (the contract accepts them) that only the data worker can refuse."""

@@ -21,15 +21,15 @@ from durabert.data_worker.columns import Fields, encode_labels, select_columns
 from durabert.data_worker.hashing import HASH_FORMAT, content_order, snapshot_id_for, take_and_hash
 from durabert.data_worker.sources import (
     check_dataset_path,
+    confine_data_files,
     describe_source,
     load_source,
-    resolve_data_files,
     source_field,
 )
 from durabert.data_worker.store import SPLIT_FILES, publish_snapshot
 from durabert.shared.artifacts import ArtifactStore
 from durabert.shared.errors import invalid_input
-from durabert.shared.models import FILE_LOADERS, DatasetSnapshotRequest, DatasetSnapshotResult
+from durabert.shared.models import DatasetSnapshotRequest, DatasetSnapshotResult
 from durabert.shared.settings import DurabertSettings
 
 Progress = Callable[[str], None]
@@ -179,9 +179,7 @@ def create_snapshot(
         )
     roots = settings.data_roots
     check_dataset_path(request.dataset_name, roots)
-    data_files = request.data_files
-    if data_files and request.dataset_name in FILE_LOADERS:
-        data_files = resolve_data_files(data_files, roots, settings.data_dir.expanduser().resolve())
+    data_files = confine_data_files(request, roots, settings.data_dir.expanduser().resolve())
     source = describe_source(request)
     progress("loading")
     loaded = load_source(request, data_files, trust_remote_code=request.trust_remote_code)

@@ -2,14 +2,17 @@
 
 Local paths are confined to the worker's allowed data roots (a request must not read
 ``/etc/passwd`` or another tenant's folder); globs are expanded here, so the files
-checked are exactly the files read. Remote URLs and hub ids are left to ``datasets``.
+checked are exactly the files read. Remote URLs (of the network schemes in
+:data:`REMOTE_SCHEMES`) and hub ids are left to ``datasets``; any other fsspec scheme or
+chain (``local://``, ``zip://...::/path``) is refused, because fsspec would read local
+files through it without the roots being checked.
 """
 
 import glob
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import Any, Final
 
 import pyarrow as pa
 
@@ -53,9 +56,44 @@ def source_field(request: DatasetSnapshotRequest) -> str:
     return "data_files" if request.dataset_name in FILE_LOADERS else "dataset_name"
 
 
-def _is_remote(entry: str) -> bool:
+REMOTE_SCHEMES: Final = frozenset({"http", "https", "hf", "s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"})
+"""URL schemes of remote stores that ``data_files`` and ``dataset_name`` may name."""
+
+
+def _is_remote(entry: str, field: str) -> bool:
+    """Tell a remote URL from a local path, refusing schemes that reach local files.
+
+    Args:
+        entry: A ``data_files`` entry or a ``dataset_name``.
+        field: The request field, for the error.
+
+    Returns:
+        True for a URL of a remote store; False for a local path (``file://`` included).
+
+    Raises:
+        ApplicationError: ``InvalidInputError`` for a ``::`` chain or a non-remote scheme.
+    """
+    if "::" in entry:
+        raise invalid_input(
+            f"{entry!r} chains file systems with '::', which can read the worker's local files; "
+            "give a plain path or a remote URL",
+            field=field,
+        )
     scheme, sep, _ = entry.partition("://")
-    return bool(sep) and scheme.isalnum() and scheme.lower() != "file"
+    if not sep or not scheme.isalnum() or scheme.lower() == "file":
+        return False
+    if scheme.lower() in REMOTE_SCHEMES:
+        return True
+    raise invalid_input(
+        f"{entry!r}: the {scheme}:// scheme is not allowed; local data is a plain path inside the "
+        f"allowed data roots, remote data a URL of {', '.join(sorted(REMOTE_SCHEMES))}",
+        field=field,
+    )
+
+
+def _is_local_name(name: str) -> bool:
+    """Whether ``datasets.load_dataset`` would read ``name`` as a local folder or file."""
+    return name.startswith(("/", ".", "~")) or Path(name).expanduser().exists()
 
 
 def _inside(path: Path, roots: Sequence[Path]) -> bool:
@@ -68,7 +106,7 @@ def _roots_text(roots: Sequence[Path]) -> str:
 
 def _resolve_entry(entry: str, roots: Sequence[Path], base: Path) -> list[str]:
     """Resolve one local path or glob to the files it names, all inside ``roots``."""
-    if _is_remote(entry):
+    if _is_remote(entry, "data_files"):
         return [entry]
     path = Path(entry.removeprefix("file://")).expanduser()
     if not path.is_absolute():
@@ -130,6 +168,74 @@ def _resolve_list(entries: list[str], roots: Sequence[Path], base: Path) -> list
     return [file for entry in entries for file in _resolve_entry(entry, roots, base)]
 
 
+def _entries(data_files: DataFiles) -> list[str]:
+    if isinstance(data_files, str):
+        return [data_files]
+    if isinstance(data_files, list):
+        return list(data_files)
+    return [entry for value in data_files.values() for entry in _entries(value)]
+
+
+def confine_data_files(
+    request: DatasetSnapshotRequest, roots: Sequence[Path], data_dir: Path
+) -> DataFiles | None:
+    """Confine a request's ``data_files`` to the allowed roots, whatever ``dataset_name`` is.
+
+    ``datasets`` joins ``data_files`` to the dataset's folder, and an absolute path or ``..``
+    leaves it: a local folder inside the roots with ``data_files: /etc/passwd`` would read that
+    file. So local entries are resolved and confined for a local folder as for ``json``/``csv``/
+    ``parquet``; for a hub dataset they must be relative patterns inside its repository.
+
+    Args:
+        request: The snapshot request (``dataset_name`` must already pass :func:`check_dataset_path`).
+        roots: Resolved folders local files may come from.
+        data_dir: The worker's data folder, which relative paths of file loaders are relative to.
+
+    Returns:
+        The ``data_files`` to load: local entries as the absolute files they name.
+
+    Raises:
+        ApplicationError: ``InvalidInputError`` naming ``data_files``.
+    """
+    data_files = request.data_files
+    name = request.dataset_name
+    if not data_files:
+        if _is_local_name(name):
+            _check_folder_links(Path(name).expanduser(), roots)
+        return data_files
+    if name in FILE_LOADERS:
+        return resolve_data_files(data_files, roots, data_dir)
+    if _is_local_name(name):
+        return resolve_data_files(data_files, roots, Path(name).expanduser().resolve())
+    for entry in _entries(data_files):
+        if _is_remote(entry, "data_files"):
+            continue
+        parts = PurePosixPath(entry.replace("\\", "/")).parts
+        if entry.startswith(("/", "~", "file://")) or ".." in parts:
+            raise invalid_input(
+                f"{entry!r}: data_files of hub dataset {name!r} are patterns inside its repository; "
+                "absolute paths and '..' are refused",
+                field="data_files",
+            )
+    return data_files
+
+
+def _check_folder_links(folder: Path, roots: Sequence[Path]) -> None:
+    """Refuse a local dataset folder holding a symlink that leads outside the roots.
+
+    ``datasets`` discovers and reads every data file under the folder, following links.
+    """
+    if not folder.is_dir():
+        return
+    for path in folder.rglob("*"):
+        if path.is_symlink() and not _inside(path.resolve(), roots):
+            raise invalid_input(
+                f"{str(folder)!r} holds {path.name!r}, a link to {path.resolve()}, outside the allowed "
+                f"data roots ({_roots_text(roots)})",
+                field="dataset_name",
+            )
+
+
 def check_dataset_path(name: str, roots: Sequence[Path]) -> None:
     """Refuse a ``dataset_name`` that is a local folder outside the allowed roots.
 
@@ -143,10 +249,9 @@ def check_dataset_path(name: str, roots: Sequence[Path]) -> None:
     Raises:
         ApplicationError: ``InvalidInputError`` naming ``dataset_name``.
     """
-    if name in FILE_LOADERS or _is_remote(name):
+    if name in FILE_LOADERS or _is_remote(name, "dataset_name"):
         return
-    path = Path(name).expanduser()
-    if (name.startswith(("/", ".", "~")) or path.exists()) and not _inside(path.resolve(), roots):
+    if _is_local_name(name) and not _inside(Path(name).expanduser().resolve(), roots):
         raise invalid_input(
             f"{name!r} is a local path outside the allowed data roots ({_roots_text(roots)})",
             field="dataset_name",
