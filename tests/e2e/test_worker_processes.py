@@ -10,7 +10,6 @@ import asyncio
 import signal
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,124 +20,29 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from durabert.orchestrator.cli import execute
 from durabert.shared import names
 from durabert.shared.devserver import DevServer
-from durabert.shared.models import BertFineTuneConfig, BertFineTuneResult, TrainingProgress
-from durabert.shared.settings import DurabertSettings
-from support.datasets import write_reviews
+from durabert.shared.models import BertFineTuneResult
+from support.cluster import (
+    CHECKPOINT_STEPS,
+    Cluster,
+    make_cluster,
+    progress_of,
+    steps_trained,
+    wait_progress,
+)
 from support.processes import WorkerProcess
 
 pytestmark = pytest.mark.slow
-CHECKPOINT_STEPS = 5
-
-
-@dataclass
-class Cluster:
-    """Worker processes sharing one artifact store, on queues of their own."""
-
-    settings: DurabertSettings
-    env: dict[str, str]
-    log_dir: Path
-    workers: list[WorkerProcess]
-    data_file: Path
-
-    def start(self, role: str) -> WorkerProcess:
-        script = {"orchestrator": "durabert-orchestrator-worker", "data": "durabert-data-worker"}.get(
-            role, "durabert-gpu-worker"
-        )
-        worker = WorkerProcess(script, self.env, self.log_dir / f"{role}-{len(self.workers)}.log")
-        self.workers.append(worker.start())
-        return worker
-
-    def config(self, run_id: str, model: Path, **overrides: Any) -> BertFineTuneConfig:
-        base: dict[str, Any] = {
-            "run_id": run_id,
-            "model_name": str(model),
-            "dataset_name": "json",
-            "data_files": str(self.data_file),
-            "text_field": "sentence",
-            "max_steps": 30,
-            "checkpoint_steps": CHECKPOINT_STEPS,
-            "batch_size": 8,
-            "max_seq_length": 32,
-            "learning_rate": 1e-3,
-            "use_gpu": False,
-            "heartbeat_timeout_seconds": 5,
-            "timeouts": {"retry_initial_interval_seconds": 0.5},
-        }
-        return BertFineTuneConfig.model_validate(base | overrides)
-
-    async def start_run(self, client: Client, config: BertFineTuneConfig) -> WorkflowHandle[Any, Any]:
-        return await client.start_workflow(
-            names.TRAINING_WORKFLOW,
-            config,
-            id=config.run_id or "",
-            task_queue=self.settings.queues.orchestrator,
-            memo=self.settings.queue_memo(),
-            result_type=BertFineTuneResult,
-        )
 
 
 @pytest.fixture(scope="module")
 def cluster(dev_server: DevServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    root = tmp_path_factory.mktemp("cluster")
-    suffix = uuid.uuid4().hex[:8]
-    settings = DurabertSettings(
-        temporal={"address": dev_server.address},
-        artifact_root=root / "artifacts",
-        data_dir=root / "data",
-        queues={"data": f"data-{suffix}", "gpu": f"gpu-{suffix}", "orchestrator": f"orch-{suffix}"},
-    )
-    env = {
-        "DURABERT_TEMPORAL__ADDRESS": dev_server.address,
-        "DURABERT_ARTIFACT_ROOT": str(settings.artifact_root),
-        "DURABERT_DATA_DIR": str(settings.data_dir),
-        "DURABERT_QUEUES__DATA": settings.queues.data,
-        "DURABERT_QUEUES__GPU": settings.queues.gpu,
-        "DURABERT_QUEUES__ORCHESTRATOR": settings.queues.orchestrator,
-        "DURABERT_LOG_FORMAT": "json",
-        "DURABERT_WORKER__GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS": "30",
-        "DURABERT_GPU__DEVICE": "cpu",
-        "PYTHONUNBUFFERED": "1",
-        "HF_HUB_OFFLINE": "1",
-        "PATH": "/usr/bin:/bin",
-    }
-    log_dir = root / "logs"
-    log_dir.mkdir()
-    data_file = write_reviews(settings.data_dir / "reviews.jsonl", rows=400)
-    cluster = Cluster(settings, env, log_dir, [], data_file)
+    cluster = make_cluster(dev_server.address, tmp_path_factory.mktemp("cluster"))
     try:
         cluster.start("orchestrator")
         cluster.start("data")
         yield cluster
     finally:
-        for worker in cluster.workers:
-            worker.stop()
-
-
-async def _progress(handle: WorkflowHandle[Any, Any]) -> TrainingProgress:
-    return await handle.query(names.GET_PROGRESS_QUERY, result_type=TrainingProgress)
-
-
-async def _wait_progress(
-    handle: WorkflowHandle[Any, Any], done: Any, timeout: float = 120
-) -> TrainingProgress:
-    async def poll() -> TrainingProgress:
-        while True:
-            progress = await _progress(handle)
-            if done(progress):
-                return progress
-            await asyncio.sleep(0.2)
-
-    return await asyncio.wait_for(poll(), timeout)
-
-
-def _steps_trained(history: list[dict[str, Any]]) -> int:
-    """Steps each attempt trained (last logged step minus its resume point), summed."""
-    starts = {r["attempt"]: r.get("resumed_from_step") or 0 for r in history if r["kind"] == "attempt"}
-    last: dict[int, int] = {}
-    for record in history:
-        if record["kind"] in ("loss", "checkpoint"):
-            last[record["attempt"]] = max(last.get(record["attempt"], 0), record["step"])
-    return sum(last.get(a, start) - start for a, start in starts.items())
+        cluster.stop_all()
 
 
 @pytest.fixture
@@ -183,7 +87,7 @@ async def test_killed_then_preempted_gpu_workers_lose_at_most_one_interval(
     handle = await cluster.start_run(client, config)
 
     # A dead node: SIGKILL once the first checkpoint is complete, then a fresh worker.
-    first = await _wait_progress(handle, lambda p: p.latest_checkpoint is not None)
+    first = await wait_progress(handle, lambda p: p.latest_checkpoint is not None)
     assert first.latest_checkpoint is not None
     gpu_worker.signal(signal.SIGKILL)
     gpu_worker.wait(timeout=30)
@@ -191,7 +95,7 @@ async def test_killed_then_preempted_gpu_workers_lose_at_most_one_interval(
 
     # A preemption: SIGTERM the replacement once it has trained past its resume point.
     resumed = first.latest_checkpoint.step
-    before_term = await _wait_progress(handle, lambda p: p.attempt >= 2 and p.step > resumed + 2)
+    before_term = await wait_progress(handle, lambda p: p.attempt >= 2 and p.step > resumed + 2)
     second.signal(signal.SIGTERM)
     assert second.wait(timeout=60) == 0  # drained: checkpoint written, then a clean exit
     stopped = second.wait_for(lambda line: line.get("event") == "training stopped", timeout=5)
@@ -200,7 +104,7 @@ async def test_killed_then_preempted_gpu_workers_lose_at_most_one_interval(
     cluster.start("gpu")
 
     result: BertFineTuneResult = await asyncio.wait_for(handle.result(), timeout=240)
-    progress = await _progress(handle)
+    progress = await progress_of(handle)
 
     assert result.global_step == config.max_steps
     assert result.attempts == 3
@@ -209,7 +113,7 @@ async def test_killed_then_preempted_gpu_workers_lose_at_most_one_interval(
     assert progress.resumes == 2
     records = history.read(cluster.settings.artifact_root / "runs" / run_id)
     # One kill costs at most one checkpoint interval; the SIGTERM costs nothing.
-    assert _steps_trained(records) <= config.max_steps + CHECKPOINT_STEPS
+    assert steps_trained(records) <= config.max_steps + CHECKPOINT_STEPS
     assert (cluster.settings.artifact_root / result.model_path / "config.json").is_file()
 
 
@@ -218,7 +122,7 @@ async def test_cancel_from_the_cli_frees_the_gpu(
 ) -> None:
     run_id = f"cancel-{uuid.uuid4().hex[:6]}"
     handle = await cluster.start_run(client, cluster.config(run_id, tiny_model_dir, max_steps=5000))
-    await _wait_progress(handle, lambda p: p.step > 0)
+    await wait_progress(handle, lambda p: p.step > 0)
     started = gpu_worker.wait_for(lambda line: line.get("event") == "training process started", 5)
 
     code = await execute(["cancel", run_id, "--wait"], settings=cluster.settings)

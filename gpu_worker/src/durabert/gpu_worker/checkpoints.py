@@ -3,9 +3,13 @@
 The Trainer writes a ``checkpoint-<step>`` folder file by file; a process killed in the
 middle leaves a folder that looks like a checkpoint but is not one. durabert writes
 :data:`COMPLETE_MARKER` atomically into the folder after the Trainer's ``on_save`` (which
-fires once every file is written) and treats only marked folders as checkpoints.
+fires once every file is written) and treats only marked folders as checkpoints. The
+marker lists every file with its size: a marked folder whose files were later truncated or
+deleted (a disk fault, a careless copy) is not complete either, so a resume falls back to
+the next older checkpoint instead of crashing on a torn ``optimizer.pt``.
 """
 
+import json
 import re
 import shutil
 from dataclasses import dataclass
@@ -34,7 +38,7 @@ class Checkpoint:
 
     @property
     def complete(self) -> bool:
-        """Whether the completion marker exists."""
+        """Whether the completion marker exists and every file it lists is intact."""
         return is_complete(self.path)
 
 
@@ -51,8 +55,46 @@ def checkpoint_step(path: Path) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def _file_sizes(path: Path) -> dict[str, int]:
+    """Sizes of the checkpoint's own files (not the marker, not temporary files)."""
+    return {
+        child.name: child.stat().st_size
+        for child in sorted(path.iterdir())
+        if child.is_file() and child.name != COMPLETE_MARKER and not child.name.startswith(".")
+    }
+
+
+def damage(path: Path) -> str | None:
+    """Say what is wrong with a marked checkpoint's files, if anything.
+
+    Args:
+        path: A checkpoint folder with a completion marker.
+
+    Returns:
+        None when every file the marker lists exists with its recorded size (and is not
+        empty), else a short description of the first problem found.
+    """
+    try:
+        marker = json.loads((path / COMPLETE_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "unreadable completion marker"
+    files = marker.get("files") if isinstance(marker, dict) else None
+    if not isinstance(files, dict):
+        return None  # a marker from before file lists: trust it as before
+    if not files:
+        return "the marker lists no files"
+    for name, size in files.items():
+        try:
+            actual = (path / name).stat().st_size
+        except OSError:
+            return f"{name} is missing"
+        if actual == 0 or actual != size:
+            return f"{name} has {actual} bytes, {size} were written"
+    return None
+
+
 def is_complete(path: Path) -> bool:
-    """Whether a checkpoint folder carries the completion marker.
+    """Whether a checkpoint folder carries the completion marker and its files are intact.
 
     Args:
         path: A checkpoint folder.
@@ -60,7 +102,7 @@ def is_complete(path: Path) -> bool:
     Returns:
         True when the folder is a complete checkpoint.
     """
-    return (path / COMPLETE_MARKER).is_file()
+    return (path / COMPLETE_MARKER).is_file() and damage(path) is None
 
 
 def list_checkpoints(directory: Path) -> list[Checkpoint]:
@@ -92,7 +134,13 @@ def mark_complete(path: Path, step: int, attempt: int) -> None:
     """
     write_json_atomic(
         path / COMPLETE_MARKER,
-        {"step": step, "attempt": attempt, "completed_at": datetime.now(UTC).isoformat()},
+        {
+            "step": step,
+            "attempt": attempt,
+            "completed_at": datetime.now(UTC).isoformat(),
+            # What "complete" means, checked on every resume (see damage()).
+            "files": _file_sizes(path),
+        },
     )
 
 
@@ -106,7 +154,7 @@ def unmark(path: Path) -> None:
 
 
 def remove_incomplete(directory: Path) -> list[Path]:
-    """Delete checkpoint folders without a marker (left by a killed attempt), with a warning.
+    """Delete checkpoint folders without a marker (a killed writer) or with damaged files, with a warning.
 
     Args:
         directory: A run's checkpoints folder.
@@ -116,14 +164,25 @@ def remove_incomplete(directory: Path) -> list[Path]:
     """
     removed = []
     for checkpoint in list_checkpoints(directory):
-        if not checkpoint.complete:
+        if (checkpoint.path / COMPLETE_MARKER).is_file():
+            problem = damage(checkpoint.path)
+            if problem is None:
+                continue
+            log.warning(
+                "removing damaged checkpoint (marked complete, but its files changed on disk); "
+                "resuming from an older one",
+                path=str(checkpoint.path),
+                step=checkpoint.step,
+                problem=problem,
+            )
+        else:
             log.warning(
                 "removing incomplete checkpoint (no completion marker; its writer was interrupted)",
                 path=str(checkpoint.path),
                 step=checkpoint.step,
             )
-            shutil.rmtree(checkpoint.path, ignore_errors=True)
-            removed.append(checkpoint.path)
+        shutil.rmtree(checkpoint.path, ignore_errors=True)
+        removed.append(checkpoint.path)
     return removed
 
 

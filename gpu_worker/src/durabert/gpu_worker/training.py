@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from durabert.gpu_worker import checkpoints, history
+from durabert.gpu_worker import checkpoints, history, storage
 from durabert.gpu_worker.data import load_tokenized, locate_snapshot
 from durabert.gpu_worker.device import Precision, select_precision
 from durabert.gpu_worker.events import (
@@ -313,9 +313,12 @@ def run_training(job: TrainJob, emit: Emit, stop: threading.Event) -> BertFineTu
     )
     # With tqdm disabled the Trainer prints every log dict to stdout; durabert logs them itself.
     trainer.remove_callback(PrinterCallback)
+    # A save needs about as much room as the newest checkpoint; a fresh run probes with 1 MiB.
+    save_bytes = storage.folder_bytes(resume.path) if resume else storage.PROBE_BYTES
     started = time.monotonic()
     try:
-        output = trainer.train(resume_from_checkpoint=str(resume.path) if resume else None)
+        with storage.storage_guard(checkpoints_dir, save_bytes, "a checkpoint"):
+            output = trainer.train(resume_from_checkpoint=str(resume.path) if resume else None)
     except torch.OutOfMemoryError:
         if config.batch_size == 1:
             raise configuration_error(
@@ -391,7 +394,8 @@ def run_training(job: TrainJob, emit: Emit, stop: threading.Event) -> BertFineTu
         )
         history.plot_loss_curve(records, folder / LOSS_CURVE_FILE, title=f"run {request.run_id}")
 
-    _publish_model(trainer, run_dir, final_dir, write_extras)
+    with storage.storage_guard(run_dir, save_bytes, "the final model"):
+        _publish_model(trainer, run_dir, final_dir, write_extras)
     log.info("training finished", run_id=request.run_id, global_step=step, **metrics)
     return result
 

@@ -1,0 +1,145 @@
+"""Worker processes (the three console scripts) sharing one artifact store, on queues of their own.
+
+Used by the end-to-end and reliability tests: start roles, build tiny-model configs, start
+runs, wait for progress and count what a run trained from its history records.
+"""
+
+import asyncio
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from temporalio.client import Client, WorkflowHandle
+
+from durabert.shared import names
+from durabert.shared.models import BertFineTuneConfig, BertFineTuneResult, TrainingProgress
+from durabert.shared.settings import DurabertSettings
+from support.datasets import write_reviews
+from support.processes import WorkerProcess
+
+CHECKPOINT_STEPS = 5
+SCRIPTS = {
+    "orchestrator": "durabert-orchestrator-worker",
+    "data": "durabert-data-worker",
+    "gpu": "durabert-gpu-worker",
+}
+
+
+@dataclass
+class Cluster:
+    """Worker processes sharing one artifact store, on queues of their own."""
+
+    settings: DurabertSettings
+    env: dict[str, str]
+    log_dir: Path
+    workers: list[WorkerProcess]
+    data_file: Path
+
+    def start(self, role: str, **env: str) -> WorkerProcess:
+        script = SCRIPTS.get(role, SCRIPTS["gpu"])
+        worker = WorkerProcess(script, self.env | env, self.log_dir / f"{role}-{len(self.workers)}.log")
+        self.workers.append(worker.start())
+        return worker
+
+    def config(self, run_id: str, model: Path, **overrides: Any) -> BertFineTuneConfig:
+        base: dict[str, Any] = {
+            "run_id": run_id,
+            "model_name": str(model),
+            "dataset_name": "json",
+            "data_files": str(self.data_file),
+            "text_field": "sentence",
+            "max_steps": 30,
+            "checkpoint_steps": CHECKPOINT_STEPS,
+            "batch_size": 8,
+            "max_seq_length": 32,
+            "learning_rate": 1e-3,
+            "use_gpu": False,
+            "heartbeat_timeout_seconds": 5,
+            "timeouts": {"retry_initial_interval_seconds": 0.5},
+        }
+        return BertFineTuneConfig.model_validate(base | overrides)
+
+    async def start_run(self, client: Client, config: BertFineTuneConfig) -> WorkflowHandle[Any, Any]:
+        return await client.start_workflow(
+            names.TRAINING_WORKFLOW,
+            config,
+            id=config.run_id or "",
+            task_queue=self.settings.queues.orchestrator,
+            memo=self.settings.queue_memo(),
+            result_type=BertFineTuneResult,
+        )
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.settings.artifact_root / "runs" / run_id
+
+    def stop_all(self, script: str | None = None) -> None:
+        for worker in self.workers:
+            if script is None or worker.script == script:
+                worker.stop()
+
+
+def make_cluster(address: str, root: Path, rows: int = 400, **env: str) -> Cluster:
+    """A cluster description (no worker started yet) against the server at ``address``."""
+    suffix = uuid.uuid4().hex[:8]
+    settings = DurabertSettings(
+        temporal={"address": address},
+        artifact_root=root / "artifacts",
+        data_dir=root / "data",
+        queues={"data": f"data-{suffix}", "gpu": f"gpu-{suffix}", "orchestrator": f"orch-{suffix}"},
+    )
+    base_env = {
+        "DURABERT_TEMPORAL__ADDRESS": address,
+        "DURABERT_ARTIFACT_ROOT": str(settings.artifact_root),
+        "DURABERT_DATA_DIR": str(settings.data_dir),
+        "DURABERT_QUEUES__DATA": settings.queues.data,
+        "DURABERT_QUEUES__GPU": settings.queues.gpu,
+        "DURABERT_QUEUES__ORCHESTRATOR": settings.queues.orchestrator,
+        "DURABERT_LOG_FORMAT": "json",
+        "DURABERT_WORKER__GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS": "30",
+        "DURABERT_GPU__DEVICE": "cpu",
+        "PYTHONUNBUFFERED": "1",
+        "HF_HUB_OFFLINE": "1",
+        "PATH": "/usr/bin:/bin",
+    }
+    log_dir = root / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    data_file = write_reviews(settings.data_dir / "reviews.jsonl", rows=rows)
+    return Cluster(settings, base_env | env, log_dir, [], data_file)
+
+
+async def progress_of(handle: WorkflowHandle[Any, Any]) -> TrainingProgress:
+    return await handle.query(names.GET_PROGRESS_QUERY, result_type=TrainingProgress)
+
+
+async def wait_progress(
+    handle: WorkflowHandle[Any, Any], done: Any, timeout: float = 120
+) -> TrainingProgress:
+    async def poll() -> TrainingProgress:
+        while True:
+            progress = await progress_of(handle)
+            if done(progress):
+                return progress
+            await asyncio.sleep(0.2)
+
+    return await asyncio.wait_for(poll(), timeout)
+
+
+def steps_trained(history: list[dict[str, Any]]) -> int:
+    """Steps each attempt trained (last logged step minus its resume point), summed."""
+    starts = {r["attempt"]: r.get("resumed_from_step") or 0 for r in history if r["kind"] == "attempt"}
+    last: dict[int, int] = {}
+    for record in history:
+        if record["kind"] in ("loss", "checkpoint"):
+            last[record["attempt"]] = max(last.get(record["attempt"], 0), record["step"])
+    return sum(last.get(a, start) - start for a, start in starts.items())
+
+
+def kill_pid(pid: int, signum: int) -> bool:
+    """Send a signal to a process that may be gone already; True when it was delivered."""
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        return False
+    return True
