@@ -345,7 +345,8 @@ async def test_status_and_watch_without_an_orchestrator_worker(
     assert "progress: no answer; is an orchestrator worker polling queue test-" in out.stdout
 
     detach = asyncio.Event()
-    asyncio.get_running_loop().call_later(0.5, detach.set)
+    # Long enough for several timed-out queries even on a loaded machine.
+    asyncio.get_running_loop().call_later(2.0, detach.set)
     code, out = await cli("watch", run_id, "--interval", "0.05", detach=detach)
     assert code == 0
     assert "waiting for the orchestrator worker to answer" in out.stdout

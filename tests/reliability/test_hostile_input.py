@@ -363,12 +363,6 @@ NON_OBJECT_INPUTS: dict[str, list[Any]] = {
 """Inputs that are not one JSON object (``--input '"config.yaml"'``, two ``--input`` flags, none)."""
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="workflows.py defect (reported): the run() parameter is typed `Model | dict`, so a "
-    "payload that is not one JSON object fails decoding (or the call) inside the workflow task, "
-    "which Temporal retries forever: the workflow stays Running and nobody is told",
-)
 @pytest.mark.parametrize("args", NON_OBJECT_INPUTS.values(), ids=NON_OBJECT_INPUTS.keys())
 @pytest.mark.parametrize("workflow_type", [names.TRAINING_WORKFLOW, names.INFERENCE_WORKFLOW])
 async def test_input_that_is_not_one_json_object_fails_the_workflow(

@@ -20,7 +20,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_
 
 with workflow.unsafe.imports_passed_through():
     from durabert.shared import activities, names
-    from durabert.shared.errors import NON_RETRYABLE_ERROR_TYPES, invalid_input, parse_input
+    from durabert.shared.errors import NON_RETRYABLE_ERROR_TYPES, invalid_input, parse_workflow_args
     from durabert.shared.models import (
         BertFineTuneConfig,
         BertFineTuneRequest,
@@ -70,19 +70,19 @@ class CheckpointedBertTrainingWorkflow:
         self._progress = TrainingProgress()
 
     @workflow.run
-    async def run(self, config: BertFineTuneConfig | dict[str, Any]) -> BertFineTuneResult:
+    async def run(self, *args: Any) -> BertFineTuneResult:
         """Run the whole training pipeline.
 
         Args:
-            config: The run's configuration. Plain JSON that fails validation (from the
-                ``temporal`` CLI, say) arrives as a dict and fails the workflow with an
-                ``InvalidInputError`` naming every bad field, without retries.
+            *args: Exactly one ``BertFineTuneConfig`` (plain JSON from the ``temporal`` CLI
+                works). Anything else, or a config with a bad field, fails the workflow with
+                an ``InvalidInputError`` naming the problem, without retries.
 
         Returns:
             The fine-tuning result of the attempt that finished.
         """
         try:
-            cfg = parse_input(BertFineTuneConfig, config)
+            cfg = parse_workflow_args(BertFineTuneConfig, args)
             run_id = self._run_id(cfg)
             self._progress.run_id = run_id
             snapshot = await self._snapshot(cfg, run_id)
@@ -214,17 +214,17 @@ class BertInferenceWorkflow:
     """Classify texts with a finished run's model: one activity on the GPU queue."""
 
     @workflow.run
-    async def run(self, request: BertInferenceRequest | dict[str, Any]) -> BertInferenceResult:
+    async def run(self, *args: Any) -> BertInferenceResult:
         """Run inference.
 
         Args:
-            request: Texts and the run whose model to use; invalid JSON fails the workflow
-                with an ``InvalidInputError`` naming the fields.
+            *args: Exactly one ``BertInferenceRequest`` (texts and the run whose model to
+                use); anything else fails the workflow with an ``InvalidInputError``.
 
         Returns:
             Predictions, names and confidences.
         """
-        req = parse_input(BertInferenceRequest, request)
+        req = parse_workflow_args(BertInferenceRequest, args)
         return await workflow.execute_activity(
             activities.run_bert_inference,
             req,

@@ -119,6 +119,33 @@ def parse_input(model: type[ModelT], raw: ModelT | dict[str, Any]) -> ModelT:
         raise invalid_input(f"invalid {model.__name__}:\n{describe_validation_error(exc)}") from None
 
 
+def parse_workflow_args(model: type[ModelT], args: tuple[Any, ...]) -> ModelT:
+    """Validate a workflow's raw arguments: exactly one JSON object that satisfies ``model``.
+
+    Workflows declare ``*args: Any`` so that *any* input shape (a string, a list, two
+    arguments, none) reaches workflow code and fails the workflow with a clear error;
+    a typed parameter would instead fail the workflow task on decoding, which Temporal
+    retries forever while the workflow looks Running.
+
+    Args:
+        model: The Pydantic model of the single argument.
+        args: The decoded arguments.
+
+    Returns:
+        The validated model.
+
+    Raises:
+        ApplicationError: ``InvalidInputError`` for a wrong shape or any bad field.
+    """
+    if len(args) != 1 or not isinstance(args[0], dict | model):
+        shapes = ", ".join(type(arg).__name__ for arg in args) or "nothing"
+        raise invalid_input(
+            f"expected exactly one JSON object ({model.__name__}), got {len(args)} argument(s): {shapes}",
+            field="input",
+        )
+    return parse_input(model, args[0])
+
+
 def _short_repr(value: Any, limit: int = 80) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
