@@ -28,6 +28,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from durabert.orchestrator.cli import Output, execute
 from durabert.shared import names
 from durabert.shared.devserver import DevServer, free_port
+from durabert.shared.models import BertFineTuneResult
 from support.chaos import chaos_soak, reference_eval_loss
 from support.cluster import Cluster, make_cluster, progress_of, steps_trained, wait_progress
 from support.datasets import write_reviews
@@ -383,7 +384,7 @@ async def test_server_outage_mid_training_workers_reconnect_and_nothing_is_lost(
         workers = [cluster.start(role) for role in ("orchestrator", "data", "gpu")]
         client = await Client.connect(server.address, data_converter=pydantic_data_converter)
         run_id = _run_id("outage")
-        config = cluster.config(run_id, tiny_model_dir, max_steps=400, checkpoint_steps=10)
+        config = cluster.config(run_id, tiny_model_dir, max_steps=120, checkpoint_steps=10)
         handle = await cluster.start_run(client, config)
         before = await wait_progress(handle, lambda p: p.latest_checkpoint is not None)
         server.stop()
@@ -392,7 +393,7 @@ async def test_server_outage_mid_training_workers_reconnect_and_nothing_is_lost(
         server.start()
         outage = time.monotonic() - down_at
         client = await Client.connect(server.address, data_converter=pydantic_data_converter)
-        handle = client.get_workflow_handle(run_id)
+        handle = client.get_workflow_handle(run_id, result_type=BertFineTuneResult)
         result = await asyncio.wait_for(handle.result(), timeout=240)
         progress = await progress_of(handle)
         alive = [worker.process is not None and worker.process.poll() is None for worker in workers]

@@ -51,6 +51,24 @@ class SoakReport:
         return asdict(self) | {"extra_steps": self.extra_steps}
 
 
+def _running(cluster: Cluster, attempt: int) -> WorkerProcess:
+    """The live GPU worker that runs the workflow's ``attempt`` (waits for its log line)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for worker in cluster.workers:
+            if (
+                worker.script != "durabert-gpu-worker"
+                or worker.process is None
+                or worker.process.poll() is not None
+            ):
+                continue
+            starts = [line for line in worker.lines if line.get("event") == "fine-tuning attempt starting"]
+            if starts and starts[-1].get("attempt") == attempt:
+                return worker
+        time.sleep(0.05)
+    raise AssertionError(f"no live GPU worker runs attempt {attempt}")
+
+
 def _last_child_pid(worker: WorkerProcess) -> int | None:
     started = [line for line in worker.lines if line.get("event") == "training process started"]
     return int(started[-1]["pid"]) if started else None
@@ -80,17 +98,22 @@ async def chaos_soak(
         timeouts={"retry_initial_interval_seconds": 0.2, "retry_maximum_interval_seconds": 1},
     )
     started = time.monotonic()
-    worker = cluster.start("gpu")
+    # A warm standby replaces each killed worker (as another replica would); a fresh standby
+    # starts right after each kill. A cold start would add its torch imports (~10 s) per kill.
+    standby = cluster.start("gpu")
     handle = await cluster.start_run(client, config)
     for index in range(kills):
         attempt = index + 1
         # Aim somewhere in this kill's share of the plan, off the checkpoint grid.
         share = max_steps * (index + 1) // (kills + 1)
         target = max(1, share + rng.randint(-checkpoint_steps, checkpoint_steps))
+        if index == 0:
+            standby = cluster.start("gpu")
         seen = await wait_progress(
             handle, lambda p, a=attempt, t=target: p.attempt >= a and p.step >= t, timeout=timeout
         )
         await asyncio.sleep(rng.uniform(0.0, 0.5))
+        worker = _running(cluster, seen.attempt)
         node = rng.random() < 0.5
         child = _last_child_pid(worker)
         if node and child is not None:
@@ -99,14 +122,15 @@ async def chaos_soak(
         worker.wait(timeout=30)
         report.kill_log.append(
             {
-                "attempt": attempt,
+                "attempt": seen.attempt,
                 "mode": "node" if node else "worker",
                 "seen_step": seen.step,
                 "latest_checkpoint": seen.latest_checkpoint.step if seen.latest_checkpoint else None,
                 "at_seconds": round(time.monotonic() - started, 1),
             }
         )
-        worker = cluster.start("gpu")
+        standby = cluster.start("gpu")
+    del standby
     result: BertFineTuneResult = await asyncio.wait_for(handle.result(), timeout=timeout)
     report.seconds = time.monotonic() - started
     progress = await progress_of(handle)
