@@ -4,6 +4,7 @@ Training reads only the snapshot the data worker froze (``train.parquet``, ``eva
 ``manifest.json``), never the raw source, so every attempt of a run sees the same rows.
 """
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -89,6 +90,19 @@ def _read_split(path: Path, snapshot: DatasetSnapshotResult, limit: int | None, 
     return dataset
 
 
+def _tokenized_fingerprint(parent: str, tokenizer: Any, max_seq_length: int, pair: str | None) -> str:
+    """Identify a tokenized split by what decides its content: rows, tokenizer, length, pair column."""
+    identity = [
+        parent,
+        type(tokenizer).__name__,
+        str(getattr(tokenizer, "name_or_path", "")),
+        str(len(tokenizer)),
+        str(max_seq_length),
+        str(pair),
+    ]
+    return hashlib.sha256("\0".join(identity).encode()).hexdigest()[:32]
+
+
 def load_tokenized(
     files: SnapshotFiles,
     snapshot: DatasetSnapshotResult,
@@ -123,7 +137,13 @@ def load_tokenized(
     for path, limit in ((files.train, max_train_samples), (files.eval, max_eval_samples)):
         dataset = _read_split(path, snapshot, limit, seed)
         text_columns = [column for column in dataset.column_names if column != snapshot.label_field]
-        dataset = dataset.map(tokenize, batched=True, remove_columns=text_columns)
+        # A fingerprint of our own: by default ``datasets`` pickles the tokenizer (its whole
+        # vocabulary) to fingerprint the map, ~0.4 s per split per attempt, for a cache that
+        # in-memory datasets never use.
+        fingerprint = _tokenized_fingerprint(dataset._fingerprint, tokenizer, max_seq_length, pair)
+        dataset = dataset.map(
+            tokenize, batched=True, remove_columns=text_columns, new_fingerprint=fingerprint
+        )
         if snapshot.label_field != "labels":
             dataset = dataset.rename_column(snapshot.label_field, "labels")
         splits.append(dataset)

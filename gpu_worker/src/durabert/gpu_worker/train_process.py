@@ -33,6 +33,10 @@ from transformers import (  # noqa: F401  # isort: skip
 )
 from transformers.models.bert import modeling_bert  # noqa: F401  # isort: skip
 
+# Every finished run draws its loss curve: preloaded, that is not ~0.3 s of imports per child.
+# (pyplot picks no backend on import; ``history.plot_loss_curve`` selects Agg before drawing.)
+import matplotlib.pyplot  # noqa: F401  # isort: skip
+
 from durabert.gpu_worker.events import STOP_MESSAGE, DoneEvent, ErrorEvent, TrainingEvent, TrainJob
 from durabert.gpu_worker.training import run_training
 from durabert.shared.logging import configure_logging, get_logger
