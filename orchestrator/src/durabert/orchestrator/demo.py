@@ -185,9 +185,7 @@ async def follow(
             gpu.wait()
             killed_at = time.monotonic()
             fresh = processes.start("gpu", tag="-2")
-            say(
-                f"started a fresh GPU worker (pid {fresh.pid}); the dead one is noticed by its heartbeat"
-            )
+            say(f"started a fresh GPU worker (pid {fresh.pid}); the dead one is noticed by its heartbeat")
         await asyncio.wait({task}, timeout=1.0)
     return task.result(), killed_at
 
