@@ -30,9 +30,9 @@ lint: setup  ## ruff (with docstring rules) and mypy --strict
 
 isolation: setup  ## each light role in an environment of its own: no torch, transformers or datasets
 	UV_PROJECT_ENVIRONMENT=.venv-isolation/orchestrator "$(UV)" run --exact --locked --no-default-groups \
-	  --package durabert-orchestrator --group test pytest tests/isolation -q -p no:cacheprovider
+	  --package durabert-orchestrator --group test pytest tests/isolation -q -p no:cacheprovider -k orchestrator
 	UV_PROJECT_ENVIRONMENT=.venv-isolation/data-worker "$(UV)" run --exact --locked --no-default-groups \
-	  --package durabert-data-worker --group test pytest tests/isolation -q -p no:cacheprovider -k "not orchestrator"
+	  --package durabert-data-worker --group test pytest tests/isolation -q -p no:cacheprovider -k data
 
 unit: setup  ## the whole pytest suite in the full workspace environment
 	time "$(UV)" run --no-sync pytest $(PYTEST_ARGS)
