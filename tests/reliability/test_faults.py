@@ -2,7 +2,7 @@
 
 Every test here runs the three console scripts as separate processes (as in production)
 on queues of their own, and measures what a fault cost: steps trained twice, snapshots
-seen half-written, checkpoints lost. The figures go to docs/reliability-faults.md.
+seen half-written, checkpoints lost. The figures go to docs/reliability.md.
 """
 
 import asyncio

@@ -3,7 +3,7 @@
 The three workers run as processes from their console scripts against the session's dev
 server (``bench/load_bench.py`` holds the machinery; it also runs both loads as a
 benchmark with other counts). The figures (peak memory, latency, throughput) are printed
-here and published in ``docs/reliability-load.md``; nothing here asserts a duration.
+here and published in ``docs/reliability.md``; nothing here asserts a duration.
 """
 
 import json
