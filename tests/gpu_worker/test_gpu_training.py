@@ -142,17 +142,22 @@ def test_missing_snapshot_and_model_folder_fail_before_training(tmp_path, tiny_m
     assert "eval.parquet" in info.value.message
 
 
-def test_training_a_finished_run_again_republishes_from_its_final_checkpoint(tmp_path, tiny_model_dir):
+# 8 steps end on an epoch boundary (64 rows, batch 8); 12 end mid-epoch, where resuming the
+# Trainer from its final checkpoint would take a 13th step.
+@pytest.mark.parametrize("max_steps", [8, 12])
+def test_training_a_finished_run_again_republishes_from_its_final_checkpoint(
+    tmp_path, tiny_model_dir, max_steps
+):
     snapshot = write_snapshot(tmp_path)
     settings = settings_for(tmp_path, tmp_path)
-    request = make_request(tiny_model_dir, snapshot, max_steps=8, checkpoint_steps=4)
+    request = make_request(tiny_model_dir, snapshot, max_steps=max_steps, checkpoint_steps=4)
     first = run_training(make_job(request, settings), lambda e: None, threading.Event())
     again = run_training(make_job(request, settings), lambda e: None, threading.Event())
     assert first.resumed_from_step is None
-    assert again.resumed_from_step == again.global_step == 8
+    assert again.resumed_from_step == again.global_step == max_steps
     assert again.eval_metrics["eval_loss"] == pytest.approx(first.eval_metrics["eval_loss"], abs=1e-6)
     manifest = json.loads((ArtifactStore(tmp_path).model_dir("run-1") / MODEL_MANIFEST).read_text())
-    assert manifest["resume_points"] == [8]
+    assert manifest["resume_points"] == [max_steps]
 
 
 @pytest.mark.parametrize(("batch_size", "error_type"), [(1, "ConfigurationError"), (8, None)])

@@ -107,6 +107,25 @@ def _accuracy(prediction: Any) -> dict[str, float]:
     return {"accuracy": float((np.argmax(logits, axis=-1) == prediction.label_ids).mean())}
 
 
+def _finished_state(checkpoint: Path) -> dict[str, Any] | None:
+    """The checkpoint's Trainer state when it already reached its planned steps, else None."""
+    state_file = checkpoint / "trainer_state.json"
+    if not state_file.is_file():
+        return None
+    state: dict[str, Any] = json.loads(state_file.read_text(encoding="utf-8"))
+    max_steps = int(state.get("max_steps") or 0)
+    return state if max_steps > 0 and int(state.get("global_step") or 0) >= max_steps else None
+
+
+def _last_logged_loss(state: dict[str, Any]) -> float:
+    """The newest training loss in a Trainer state's log history (0.0 when none was logged)."""
+    for entry in reversed(state.get("log_history") or []):
+        for key in ("train_loss", "loss"):
+            if isinstance(entry.get(key), int | float):
+                return float(entry[key])
+    return 0.0
+
+
 def _make_callback(
     job: TrainJob, store: ArtifactStore, emit: Emit, stop: threading.Event, attempt_seq: int
 ) -> Any:
@@ -301,6 +320,13 @@ def run_training(job: TrainJob, emit: Emit, stop: threading.Event) -> BertFineTu
             step=resume.step if resume else 0, checkpoint=store.relative(resume.path) if resume else None
         )
 
+    finished = _finished_state(resume.path) if resume else None
+    if finished is not None and resume is not None:
+        # The checkpoint already holds the planned steps (an attempt finished training but its
+        # result never reached Temporal). Resuming would make the Trainer take one extra step
+        # when the checkpoint is mid-epoch: load its weights and only evaluate and publish.
+        model = type(model).from_pretrained(resume.path)
+
     callback = _make_callback(job, store, emit, stop, attempt_seq)
     trainer = Trainer(
         model=model,
@@ -317,8 +343,14 @@ def run_training(job: TrainJob, emit: Emit, stop: threading.Event) -> BertFineTu
     save_bytes = storage.folder_bytes(resume.path) if resume else storage.PROBE_BYTES
     started = time.monotonic()
     try:
-        with storage.storage_guard(checkpoints_dir, save_bytes, "a checkpoint"):
-            output = trainer.train(resume_from_checkpoint=str(resume.path) if resume else None)
+        if finished is not None:
+            trainer.state.global_step = int(finished["global_step"])
+            trainer.state.max_steps = int(finished["max_steps"])
+            train_loss = _last_logged_loss(finished)
+        else:
+            with storage.storage_guard(checkpoints_dir, save_bytes, "a checkpoint"):
+                output = trainer.train(resume_from_checkpoint=str(resume.path) if resume else None)
+            train_loss = float(output.training_loss)
     except torch.OutOfMemoryError:
         if config.batch_size == 1:
             raise configuration_error(
@@ -347,7 +379,7 @@ def run_training(job: TrainJob, emit: Emit, stop: threading.Event) -> BertFineTu
     result = BertFineTuneResult(
         run_id=request.run_id,
         config=config,
-        train_loss=float(output.training_loss),
+        train_loss=train_loss,
         eval_metrics=metrics,
         training_time_seconds=elapsed,
         num_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
