@@ -83,7 +83,8 @@ async def test_killed_then_preempted_gpu_workers_lose_at_most_one_interval(
     from durabert.gpu_worker import history  # the run's own record of what each attempt trained
 
     run_id = f"crash-{uuid.uuid4().hex[:6]}"
-    config = cluster.config(run_id, tiny_model_dir)
+    # Long enough that the SIGTERM always lands mid-training, even on a fast, idle machine.
+    config = cluster.config(run_id, tiny_model_dir, max_steps=300)
     handle = await cluster.start_run(client, config)
 
     # A dead node: SIGKILL once the first checkpoint is complete, then a fresh worker.

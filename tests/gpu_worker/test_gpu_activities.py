@@ -60,7 +60,7 @@ async def test_worker_shutdown_checkpoints_fails_retryably_and_the_retry_resumes
     root = tmp_path / "artifacts"
     snapshot = write_snapshot(root, train_rows=128)
     activities = GpuActivities(gpu_settings(root, tmp_path))
-    request = make_request(tiny_model_dir, snapshot, max_steps=100, checkpoint_steps=20)
+    request = make_request(tiny_model_dir, snapshot, max_steps=200, checkpoint_steps=20)
     env = ActivityEnvironment()
     task, beats = await start_and_wait_for_checkpoint(env, activities, request)
     env.worker_shutdown()
@@ -78,7 +78,7 @@ async def test_worker_shutdown_checkpoints_fails_retryably_and_the_retry_resumes
     retry.info = dataclasses.replace(retry.info, attempt=2, heartbeat_details=[beats[-1]])
     result = await retry.run(activities.fine_tune_bert, request)
     assert result.resumed_from_step == stopped_at["step"]
-    assert result.global_step == 100
+    assert result.global_step == 200
     assert result.attempts == 2
     assert (root / result.model_path / "config.json").is_file()
 

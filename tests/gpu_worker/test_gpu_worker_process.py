@@ -35,7 +35,7 @@ async def test_sigterm_checkpoints_stops_and_another_worker_resumes(
     client, worker_env, artifact_root, queue_name, tiny_model_dir, tmp_path
 ):
     snapshot = write_snapshot(artifact_root, train_rows=128)
-    request = make_request(tiny_model_dir, snapshot, run_id="preempted", max_steps=100, checkpoint_steps=20)
+    request = make_request(tiny_model_dir, snapshot, run_id="preempted", max_steps=200, checkpoint_steps=20)
     env = {
         **worker_env,
         "DURABERT_QUEUES__GPU": queue_name,
@@ -59,7 +59,7 @@ async def test_sigterm_checkpoints_stops_and_another_worker_resumes(
             checkpoint = ArtifactStore(artifact_root).resolve(stopped["checkpoint"])
             assert checkpoints.is_complete(checkpoint)
             assert stopped["step"] >= saved[0]["step"]
-            assert stopped["step"] < 100
+            assert stopped["step"] < 200
 
             second = WorkerProcess("durabert-gpu-worker", env, log_path=tmp_path / "gpu-2.log").start()
             try:
@@ -71,6 +71,6 @@ async def test_sigterm_checkpoints_stops_and_another_worker_resumes(
         first.stop()
     assert result.attempts == 2
     assert result.resumed_from_step == stopped["step"]
-    assert result.global_step == 100
+    assert result.global_step == 200
     assert {info["attempt"] for info in signals} == {1, 2}
-    assert max(info["step"] for info in signals if info["path"]) == 100
+    assert max(info["step"] for info in signals if info["path"]) == 200

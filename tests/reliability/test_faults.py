@@ -193,7 +193,8 @@ async def test_truncated_checkpoint_is_skipped_and_the_older_one_used(
     from durabert.gpu_worker import checkpoints
 
     run_id = _run_id("trunc")
-    config = cluster.config(run_id, tiny_model_dir, max_steps=30, checkpoint_steps=5)
+    # Long enough that the SIGTERM always lands mid-training, even on a fast, idle machine.
+    config = cluster.config(run_id, tiny_model_dir, max_steps=300, checkpoint_steps=5)
     handle = await cluster.start_run(client, config)
     await wait_progress(handle, lambda p: p.latest_checkpoint is not None and p.latest_checkpoint.step >= 10)
     gpu_worker.signal(signal.SIGTERM)  # a clean stop: it checkpoints, the next attempt starts at once
