@@ -18,6 +18,7 @@ import json
 import random
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -77,25 +78,6 @@ def write_snapshot(root: Path, train_rows: int, eval_rows: int) -> DatasetSnapsh
     )
     (folder / "manifest.json").write_text(json.dumps(snapshot.model_dump(mode="json")))
     return snapshot
-
-
-def tiny_model(folder: Path) -> Path:
-    """A tiny random BERT (hidden 32, 2 layers) with the packaged tokenizer."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    from durabert.gpu_worker.model_source import packaged_minilm_path
-
-    tokenizer = AutoTokenizer.from_pretrained(packaged_minilm_path())
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-    )
-    BertModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 def make_request(
@@ -216,11 +198,14 @@ def warm_forkserver() -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run both paths ``--repeat`` times, alternating, each in a fresh artifact root."""
+    # The tiny model helper lives with the tests; the bench reuses it.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
     from durabert.gpu_worker.device import select_precision
+    from support.tiny_model import save_tiny_bert
 
     warm_forkserver()
     work = Path(tempfile.mkdtemp(prefix="durabert-train-bench-"))
-    model_name = DEFAULT_MODEL_NAME if args.model == "minilm" else str(tiny_model(work / "tiny"))
+    model_name = DEFAULT_MODEL_NAME if args.model == "minilm" else str(save_tiny_bert(work / "tiny"))
     precision = select_precision(args.device)
     results: dict[str, list[dict[str, float]]] = {"activity": [], "plain": []}
     try:

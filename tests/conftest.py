@@ -16,6 +16,9 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from durabert.shared.devserver import DevServer, free_port
 from durabert.shared.settings import DurabertSettings
 
+# Worker-process fixtures (`cluster`, `gpu_worker`) shared by the e2e and reliability tests.
+pytest_plugins = ["support.cluster"]
+
 
 @pytest.fixture(scope="session")
 def dev_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:

@@ -9,7 +9,6 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 from temporalio.client import Client
-from temporalio.worker import Worker
 
 from durabert.data_worker.worker import build_spec as data_spec
 from durabert.gpu_worker.worker import build_spec as gpu_spec
@@ -22,22 +21,10 @@ from durabert.shared.models import (
     BertInferenceResult,
     TrainingProgress,
 )
-from durabert.shared.runner import WorkerSpec
+from durabert.shared.runner import build_worker
 from durabert.shared.settings import DurabertSettings
 from support.datasets import write_reviews
 from support.histories import record_history
-
-
-def _worker(client: Client, spec: WorkerSpec) -> Worker:
-    return Worker(
-        client,
-        task_queue=spec.task_queue,
-        activities=list(spec.activities),
-        workflows=list(spec.workflows),
-        activity_executor=spec.activity_executor,
-        max_concurrent_activities=spec.max_concurrent_activities,
-        **spec.worker_options,
-    )
 
 
 async def test_snapshot_train_and_infer_with_real_workers(
@@ -67,7 +54,7 @@ async def test_snapshot_train_and_infer_with_real_workers(
 
     async with AsyncExitStack() as stack:
         for spec in (orchestrator_spec(settings), data_spec(settings), gpu_spec(settings)):
-            await stack.enter_async_context(_worker(client, spec))
+            await stack.enter_async_context(build_worker(client, settings, spec))
         handle = await client.start_workflow(
             names.TRAINING_WORKFLOW,
             config,

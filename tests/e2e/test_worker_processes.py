@@ -9,7 +9,6 @@ runs sharing one GPU slot train one after the other.
 import asyncio
 import signal
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +18,10 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 
 from durabert.orchestrator.cli import execute
 from durabert.shared import names
-from durabert.shared.devserver import DevServer
 from durabert.shared.models import BertFineTuneResult
 from support.cluster import (
     CHECKPOINT_STEPS,
     Cluster,
-    make_cluster,
     progress_of,
     steps_trained,
     wait_progress,
@@ -32,26 +29,6 @@ from support.cluster import (
 from support.processes import WorkerProcess
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def cluster(dev_server: DevServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    cluster = make_cluster(dev_server.address, tmp_path_factory.mktemp("cluster"))
-    try:
-        cluster.start("orchestrator")
-        cluster.start("data")
-        yield cluster
-    finally:
-        cluster.stop_all()
-
-
-@pytest.fixture
-async def gpu_worker(cluster: Cluster) -> AsyncIterator[WorkerProcess]:
-    """A GPU worker for one test; every GPU worker the test started is gone afterwards."""
-    yield cluster.start("gpu")
-    for worker in cluster.workers:
-        if worker.script == "durabert-gpu-worker":
-            worker.stop()
 
 
 async def _fine_tune_span(handle: WorkflowHandle[Any, Any]) -> tuple[Any, Any]:

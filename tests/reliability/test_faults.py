@@ -14,7 +14,6 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,24 +39,6 @@ SOAK_SEED = 7
 SOAK_KILLS = 5
 SOAK_STEPS = 150
 SOAK_INTERVAL = 10
-
-
-@pytest.fixture(scope="module")
-def cluster(dev_server: DevServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    cluster = make_cluster(dev_server.address, tmp_path_factory.mktemp("faults"))
-    try:
-        cluster.start("orchestrator")
-        cluster.start("data")
-        yield cluster
-    finally:
-        cluster.stop_all()
-
-
-@pytest.fixture
-async def gpu_worker(cluster: Cluster) -> AsyncIterator[WorkerProcess]:
-    """A GPU worker for one test; every GPU worker the test started is gone afterwards."""
-    yield cluster.start("gpu")
-    cluster.stop_all("durabert-gpu-worker")
 
 
 def _history(cluster: Cluster, run_id: str) -> list[dict[str, Any]]:

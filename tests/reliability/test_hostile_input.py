@@ -33,7 +33,6 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
-from temporalio.worker import Worker
 
 from durabert.data_worker.worker import build_spec as data_spec
 from durabert.orchestrator.cli import EXIT_USAGE, Output, execute
@@ -42,7 +41,7 @@ from durabert.shared import names
 from durabert.shared.devserver import DevServer, find_temporal_cli
 from durabert.shared.errors import ErrorType
 from durabert.shared.models import BertFineTuneConfig, BertInferenceRequest
-from durabert.shared.runner import WorkerSpec
+from durabert.shared.runner import build_worker
 from durabert.shared.settings import DataWorkerSettings, DurabertSettings, QueueSettings
 from support.datasets import write_reviews
 
@@ -84,18 +83,6 @@ class Hostile:
         return {str(path.relative_to(self.store)) for path in self.store.rglob("*")}
 
 
-def _worker(client: Client, spec: WorkerSpec) -> Worker:
-    return Worker(
-        client,
-        task_queue=spec.task_queue,
-        activities=list(spec.activities),
-        workflows=list(spec.workflows),
-        activity_executor=spec.activity_executor,
-        max_concurrent_activities=spec.max_concurrent_activities,
-        **spec.worker_options,
-    )
-
-
 @pytest.fixture(scope="module")
 async def env(
     client: Client, dev_server: DevServer, tmp_path_factory: pytest.TempPathFactory
@@ -117,7 +104,7 @@ async def env(
     hostile = Hostile(settings, client, dev_server.address, root / "outside")
     async with AsyncExitStack() as stack:
         for spec in (orchestrator_spec(settings), data_spec(settings)):
-            await stack.enter_async_context(_worker(client, spec))
+            await stack.enter_async_context(build_worker(client, settings, spec))
             if spec.activity_executor is not None:
                 hostile.executors.append(spec.activity_executor)
         yield hostile

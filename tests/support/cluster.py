@@ -7,13 +7,16 @@ runs, wait for progress and count what a run trained from its history records.
 import asyncio
 import os
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 from temporalio.client import Client, WorkflowHandle
 
 from durabert.shared import names
+from durabert.shared.devserver import DevServer
 from durabert.shared.models import BertFineTuneConfig, BertFineTuneResult, TrainingProgress
 from durabert.shared.settings import DurabertSettings
 from support.datasets import write_reviews
@@ -143,3 +146,22 @@ def kill_pid(pid: int, signum: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+@pytest.fixture(scope="module")
+def cluster(dev_server: DevServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """An orchestrator and a data worker process for the module; GPU workers come per test."""
+    cluster = make_cluster(dev_server.address, tmp_path_factory.mktemp("cluster"))
+    try:
+        cluster.start("orchestrator")
+        cluster.start("data")
+        yield cluster
+    finally:
+        cluster.stop_all()
+
+
+@pytest.fixture
+def gpu_worker(cluster: Cluster) -> Iterator[WorkerProcess]:
+    """A GPU worker for one test; every GPU worker the test started is gone afterwards."""
+    yield cluster.start("gpu")
+    cluster.stop_all(SCRIPTS["gpu"])

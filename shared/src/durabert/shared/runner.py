@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from temporalio.client import Client
 from temporalio.worker import Worker
 
 from durabert.shared.client import connect_client, metrics_runtime
@@ -65,6 +66,30 @@ async def _serve_health(port: int, is_ready: Callable[[], bool]) -> asyncio.Serv
     return await asyncio.start_server(handle, host="0.0.0.0", port=port)  # noqa: S104 - probes come from the kubelet
 
 
+def build_worker(client: Client, settings: DurabertSettings, spec: WorkerSpec) -> Worker:
+    """Build the Temporal ``Worker`` a spec describes, with the settings' slots and shutdown timeout.
+
+    Args:
+        client: A connected client.
+        settings: durabert settings (workflow task slots, graceful shutdown timeout).
+        spec: What to register and where.
+
+    Returns:
+        The worker, not yet running.
+    """
+    return Worker(
+        client,
+        task_queue=spec.task_queue,
+        activities=list(spec.activities),
+        workflows=list(spec.workflows),
+        activity_executor=spec.activity_executor,
+        max_concurrent_activities=spec.max_concurrent_activities,
+        max_concurrent_workflow_tasks=settings.worker.max_concurrent_workflow_tasks,
+        graceful_shutdown_timeout=timedelta(seconds=settings.worker.graceful_shutdown_timeout_seconds),
+        **spec.worker_options,
+    )
+
+
 async def run_worker(settings: DurabertSettings, spec: WorkerSpec) -> int:
     """Connect, run the worker until a stop signal, drain, and return the exit code.
 
@@ -76,17 +101,7 @@ async def run_worker(settings: DurabertSettings, spec: WorkerSpec) -> int:
         0 after a clean drain.
     """
     client = await connect_client(settings, runtime=metrics_runtime(settings.metrics_port))
-    worker = Worker(
-        client,
-        task_queue=spec.task_queue,
-        activities=list(spec.activities),
-        workflows=list(spec.workflows),
-        activity_executor=spec.activity_executor,
-        max_concurrent_activities=spec.max_concurrent_activities,
-        max_concurrent_workflow_tasks=settings.worker.max_concurrent_workflow_tasks,
-        graceful_shutdown_timeout=timedelta(seconds=settings.worker.graceful_shutdown_timeout_seconds),
-        **spec.worker_options,
-    )
+    worker = build_worker(client, settings, spec)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
