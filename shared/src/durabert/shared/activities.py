@@ -15,7 +15,15 @@ from durabert.shared.models import (
     BertInferenceResult,
     DatasetSnapshotRequest,
     DatasetSnapshotResult,
+    RunClaimRequest,
+    RunClaimResult,
 )
+
+
+@activity.defn(name=names.CLAIM_RUN)
+async def claim_run(request: RunClaimRequest) -> RunClaimResult:
+    """Claim ``runs/<run_id>`` for a workflow chain, or refuse an id in use (runs on the data worker)."""
+    raise NotImplementedError("declaration only: the data worker implements this activity")
 
 
 @activity.defn(name=names.CREATE_DATASET_SNAPSHOT)

@@ -26,12 +26,24 @@ class ErrorType(StrEnum):
     """The artifact store cannot be written (permissions, full disk). Retried: an operator may fix it."""
     PREEMPTED = "WorkerPreemptedError"
     """The worker is shutting down; the work was checkpointed and will resume elsewhere. Retried."""
+    PROCESS_DIED = "TrainingProcessDied"
+    """The training child exited without a result (killed, out of host memory). Retried."""
+    STALLED = "TrainingStalledError"
+    """The training child reported no step for ``stall_timeout_seconds`` and was killed. Retried."""
+    SUPERSEDED = "AttemptSupersededError"
+    """A newer attempt owns the run folder; this one stopped without writing. Not retried (the newer one runs)."""
+    RUN_ID_IN_USE = "RunIdInUseError"
+    """The run id holds an earlier run's artifacts and ``continue_run`` was not asked for. Never retried."""
+    DEVICE_UNAVAILABLE = "DeviceUnavailableError"
+    """The requested device is not usable on this worker. Retried (another worker may have one)."""
 
 
 NON_RETRYABLE_ERROR_TYPES: tuple[str, ...] = (
     ErrorType.INVALID_INPUT.value,
     ErrorType.CONFIGURATION.value,
     ErrorType.NOT_FOUND.value,
+    ErrorType.SUPERSEDED.value,
+    ErrorType.RUN_ID_IN_USE.value,
 )
 """Error types that no retry can fix: they go into every retry policy's ``non_retryable_error_types``."""
 
@@ -72,6 +84,48 @@ def not_found(message: str) -> ApplicationError:
         An ``ApplicationError`` of type ``ArtifactNotFoundError`` to raise.
     """
     return ApplicationError(message, type=ErrorType.NOT_FOUND, non_retryable=True)
+
+
+def retryable_error(error_type: ErrorType, message: str, details: Any = None) -> ApplicationError:
+    """Build a retryable error of one of the retryable types.
+
+    Args:
+        error_type: A type that a retry may fix (``PREEMPTED``, ``PROCESS_DIED``, ``STALLED``,
+            ``ARTIFACT_STORE``, ``DEVICE_UNAVAILABLE``).
+        message: What happened and what the retry will do.
+        details: Optional JSON-serialisable details (a training attempt sends its
+            ``TrainingHeartbeat``, so the workflow resumes from its newest checkpoint).
+
+    Returns:
+        An ``ApplicationError`` to raise.
+    """
+    if error_type.value in NON_RETRYABLE_ERROR_TYPES:
+        raise ValueError(f"{error_type.value} is not retryable; use its own builder")
+    return ApplicationError(message, *(() if details is None else (details,)), type=error_type)
+
+
+def superseded(message: str) -> ApplicationError:
+    """Build the error of an attempt fenced off by a newer one (not retried: the newer one runs).
+
+    Args:
+        message: Which attempt owns the run folder now.
+
+    Returns:
+        An ``ApplicationError`` of type ``AttemptSupersededError`` to raise.
+    """
+    return ApplicationError(message, type=ErrorType.SUPERSEDED, non_retryable=True)
+
+
+def run_id_in_use(message: str) -> ApplicationError:
+    """Build the error for a run id that already holds an earlier run (never retried).
+
+    Args:
+        message: The run id, what holds it, and the two ways on.
+
+    Returns:
+        An ``ApplicationError`` of type ``RunIdInUseError`` to raise.
+    """
+    return ApplicationError(message, type=ErrorType.RUN_ID_IN_USE, non_retryable=True)
 
 
 def describe_validation_error(error: ValidationError) -> str:

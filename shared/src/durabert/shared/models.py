@@ -9,9 +9,18 @@ root*, so workers that mount the shared store at different places agree on them.
 """
 
 import re
-from typing import Annotated, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 DEFAULT_MODEL_NAME: Final = "sentence-transformers/all-MiniLM-L6-v2"
 """The offline default: the GPU worker maps this hub id to the packaged all-MiniLM-L6-v2."""
@@ -52,7 +61,7 @@ DataFiles = str | list[str] | dict[str, str | list[str]]
 class ContractModel(BaseModel):
     """Base of every contract model: unknown keys are errors and field docstrings are descriptions."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, populate_by_name=True)
 
 
 FILE_LOADERS: Final = frozenset({"json", "csv", "parquet"})
@@ -82,6 +91,16 @@ class _DatasetSource(ContractModel):
     """Seed for shuffling, the held-out split and training."""
     trust_remote_code: bool = False
     """Allow a hub dataset to run its own loading script. Off unless asked for and the worker allows it."""
+    dataset_config_name: str | None = Field(
+        default=None, validation_alias=AliasChoices("dataset_config_name", "dataset_config")
+    )
+    """Hub dataset configuration name (e.g. ``sst2``); ``dataset_config`` is accepted as an old alias."""
+    max_train_samples: int | None = Field(
+        default=None, ge=1, validation_alias=AliasChoices("max_train_samples", "max_samples")
+    )
+    """Most training rows to keep, taken after a seeded shuffle; ``max_samples`` is an old alias."""
+    max_eval_samples: int | None = Field(default=None, ge=1)
+    """Most evaluation rows to keep, taken after a seeded shuffle."""
 
     @field_validator("data_files")
     @classmethod
@@ -100,12 +119,6 @@ class DatasetSnapshotRequest(_DatasetSource):
 
     run_id: RunId
     """Training run requesting this snapshot (for logs; the snapshot itself is shared by content)."""
-    dataset_config: str | None = None
-    """Hub dataset configuration name (e.g. ``sst2``)."""
-    max_samples: int | None = Field(default=None, ge=1)
-    """Most training rows to keep, taken after a seeded shuffle."""
-    max_eval_samples: int | None = Field(default=None, ge=1)
-    """Most evaluation rows to keep, taken after a seeded shuffle."""
 
 
 class DatasetSnapshotResult(ContractModel):
@@ -115,8 +128,10 @@ class DatasetSnapshotResult(ContractModel):
     """Stable id derived from the content hash: same content, same id."""
     dataset_name: str
     """Source dataset name as requested."""
-    dataset_config: str | None = None
-    """Source configuration name as requested."""
+    dataset_config_name: str | None = Field(
+        default=None, validation_alias=AliasChoices("dataset_config_name", "dataset_config")
+    )
+    """Source configuration name as requested; ``dataset_config`` is accepted as an old alias."""
     num_train_samples: int = Field(ge=0)
     """Rows in the training split."""
     num_eval_samples: int = Field(ge=0)
@@ -142,7 +157,7 @@ class DatasetSnapshotResult(ContractModel):
 
 
 class CheckpointInfo(ContractModel):
-    """A saved checkpoint or a progress update, sent to the workflow as ``update_checkpoint``."""
+    """A complete checkpoint (or, with no ``path``, a progress point) of a training run."""
 
     epoch: float = Field(ge=0)
     """Training epoch (fractional) at this point."""
@@ -177,6 +192,9 @@ class WorkflowTimeouts(ContractModel):
     """Pause before the first retry; doubles each retry."""
     retry_maximum_interval_seconds: float = Field(default=60.0, ge=0.1, le=3600)
     """Longest pause between retries."""
+    continue_as_new_after_events: int = Field(default=10_000, ge=1, le=50_000)
+    """Between attempts, continue as a new execution once the history has this many events
+    (or earlier, when the server suggests it). Keeps a run of many attempts under Temporal's limit."""
 
 
 class BertFineTuneConfig(_DatasetSource):
@@ -184,8 +202,6 @@ class BertFineTuneConfig(_DatasetSource):
 
     model_name: str = Field(default=DEFAULT_MODEL_NAME, min_length=1)
     """Hub model id or a local model folder. The default is the packaged all-MiniLM-L6-v2."""
-    dataset_config_name: str | None = None
-    """Hub dataset configuration name (e.g. ``sst2``)."""
     num_epochs: float = Field(default=1.0, gt=0, le=100)
     """Training epochs (ignored when ``max_steps`` is set)."""
     max_steps: int | None = Field(default=None, ge=1, le=10_000_000)
@@ -196,10 +212,6 @@ class BertFineTuneConfig(_DatasetSource):
     """Peak learning rate of AdamW."""
     max_seq_length: int = Field(default=128, ge=8, le=512)
     """Tokens per example after truncation."""
-    max_train_samples: int | None = Field(default=None, ge=1)
-    """Most training rows to use, taken after a seeded shuffle."""
-    max_eval_samples: int | None = Field(default=None, ge=1)
-    """Most evaluation rows to use, taken after a seeded shuffle."""
     task_type: Literal["classification"] = "classification"
     """Single-label sequence classification (the only task durabert trains today)."""
     use_gpu: bool = True
@@ -211,28 +223,51 @@ class BertFineTuneConfig(_DatasetSource):
     heartbeat_timeout_seconds: int = Field(default=60, ge=5, le=3600)
     """A training worker silent this long is presumed dead and the attempt is retried."""
     max_attempts: int = Field(default=5, ge=1, le=100)
-    """Most attempts of the fine-tuning activity (first try included)."""
+    """Most fine-tuning attempts that fail *without progress* (first try included). Preemptions and
+    attempts that saved a newer checkpoint than they started from do not count: see ``max_preemptions``."""
+    max_preemptions: int = Field(default=1000, ge=0, le=100_000)
+    """Ceiling on attempts that ended as a preemption or after progress; stops a run preempted forever."""
+    stall_timeout_seconds: int = Field(default=600, ge=10, le=24 * 3600)
+    """Kill and retry an attempt whose training child reports no step (nor evaluation batch) for this
+    long. Loading, tokenizing and publishing get ``SLOW_PHASE_FACTOR`` times as long."""
+    continue_run: bool = False
+    """Extend an earlier run with this ``run_id`` (finished or failed) from its newest checkpoint, e.g.
+    to a larger ``max_steps``, instead of refusing the id. The config change is recorded in the run."""
     timeouts: WorkflowTimeouts = Field(default_factory=WorkflowTimeouts)
     """Activity timeouts and retry pacing."""
     run_id: RunId | None = None
-    """Run identifier (folder and workflow id); derived from the workflow id when empty."""
+    """Run identifier (folder and workflow id); the workflow id when empty, which must then be a valid
+    run id itself."""
 
     def snapshot_request(self, run_id: str) -> DatasetSnapshotRequest:
         """Build the data worker's request for this config.
 
         Args:
-            run_id: The normalised run id.
+            run_id: The run id.
 
         Returns:
             The snapshot request with this config's source, fields and sampling.
         """
-        return DatasetSnapshotRequest(
-            **self.model_dump(include=set(_DatasetSource.model_fields)),
-            run_id=run_id,
-            dataset_config=self.dataset_config_name,
-            max_samples=self.max_train_samples,
-            max_eval_samples=self.max_eval_samples,
-        )
+        return DatasetSnapshotRequest(**self.model_dump(include=set(_DatasetSource.model_fields)), run_id=run_id)
+
+
+SLOW_PHASE_FACTOR: Final = 5
+"""Loading, tokenizing and publishing may stay silent this many times ``stall_timeout_seconds``."""
+
+
+class AttemptFence(ContractModel):
+    """Identifies one fine-tuning attempt, so that at most one attempt writes a run's folder.
+
+    Attempts of one workflow chain (a workflow and its continue-as-new successors) are ordered by
+    ``seq``; a newer chain (``continue_run``) takes over from an older one.
+    """
+
+    workflow_id: str
+    """Workflow id of the run (equals the run id)."""
+    chain_id: str
+    """First execution run id of the workflow chain that owns the run."""
+    seq: int = Field(ge=1)
+    """Attempt number within the chain, never reused (carried across continue-as-new)."""
 
 
 class BertFineTuneRequest(ContractModel):
@@ -248,6 +283,17 @@ class BertFineTuneRequest(ContractModel):
     """Latest checkpoint the workflow knows; the worker also scans the run folder for a newer complete one."""
     attempt: int = Field(default=1, ge=1)
     """Attempt number as counted by the workflow, which retries training itself (1 = first)."""
+    fence: AttemptFence | None = None
+    """This attempt's identity for fencing the run folder; None outside a workflow (tests, benchmarks)."""
+
+
+_LEGACY_RESULT_FIELDS: Final = (
+    "inferred_text_field",
+    "inferred_text_pair_field",
+    "inferred_label_field",
+    "inferred_task_type",
+    "inferred_num_labels",
+)
 
 
 class BertFineTuneResult(ContractModel):
@@ -269,28 +315,31 @@ class BertFineTuneResult(ContractModel):
     """Snapshot trained on."""
     total_checkpoints_saved: int = Field(ge=0)
     """Checkpoints saved over all attempts."""
-    inferred_text_field: str | None = None
-    """Text column used (from the snapshot)."""
-    inferred_text_pair_field: str | None = None
-    """Second text column used, if any."""
-    inferred_label_field: str | None = None
-    """Label column used."""
-    inferred_task_type: str | None = None
-    """Task type trained."""
-    inferred_num_labels: int | None = None
-    """Number of classes."""
     global_step: int = Field(ge=0)
     """Optimizer steps completed at the end of training."""
     resumed_from_step: int | None = None
     """Step of the checkpoint the final attempt resumed from; None when it never resumed."""
     attempts: int = Field(ge=1)
-    """Activity attempt that finished the run."""
+    """Fine-tuning attempts over the whole run, the one that finished included."""
+    preemptions: int = Field(default=0, ge=0)
+    """Attempts that ended as a preemption (worker shutdown) or after saving progress."""
+    failed_attempts: int = Field(default=0, ge=0)
+    """Attempts that failed without progress (these count against ``max_attempts``)."""
     device: str
     """Device trained on: ``cuda``, ``mps`` or ``cpu``."""
     model_path: ArtifactPath
     """Final model folder relative to the artifact root (loadable by ``transformers.pipeline``)."""
     label_names: list[str] = Field(default_factory=list)
     """Class names; a label's index is its id."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_legacy_fields(cls, data: Any) -> Any:
+        # Results recorded before 0.2 repeated the snapshot's fields as ``inferred_*``: the
+        # snapshot (``dataset_snapshot``) is their one home now; old payloads still load.
+        if isinstance(data, dict) and any(key in data for key in _LEGACY_RESULT_FIELDS):
+            return {key: value for key, value in data.items() if key not in _LEGACY_RESULT_FIELDS}
+        return data
 
 
 class BertInferenceRequest(ContractModel):
@@ -331,8 +380,42 @@ class BertInferenceResult(ContractModel):
     """Device the model ran on."""
 
 
-TrainingStage = Literal["pending", "snapshotting", "training", "completed", "failed", "cancelled"]
+TrainingStage = Literal["pending", "claiming", "snapshotting", "training", "completed", "failed", "cancelled"]
 """Where a training workflow is."""
+TrainingPhase = Literal["starting", "loading", "tokenizing", "training", "evaluating", "publishing", "stopping"]
+"""What a running fine-tuning attempt is doing (live, from its heartbeat)."""
+
+
+class TrainingHeartbeat(ContractModel):
+    """Live state of a fine-tuning attempt: its heartbeat details, and the details of its failure.
+
+    Heartbeat details cost no workflow history, so this is how step, loss and the newest
+    checkpoint reach ``durabert status``/``watch`` (through ``describe``) while a run trains.
+    When an attempt fails, the workflow reads the same record from the failure (the
+    ``ApplicationError`` details, or the last heartbeat of a timed-out attempt) to resume from
+    its newest checkpoint and to tell progress from a failure.
+    """
+
+    phase: TrainingPhase = "starting"
+    """What the attempt is doing."""
+    step: int = Field(default=0, ge=0)
+    """Latest optimizer step."""
+    max_steps: int | None = Field(default=None, ge=1)
+    """Planned total optimizer steps, once known."""
+    epoch: float = Field(default=0.0, ge=0)
+    """Latest (fractional) epoch."""
+    loss: float | None = None
+    """Latest logged training loss."""
+    latest_checkpoint: CheckpointInfo | None = None
+    """Newest complete checkpoint of the run, this attempt's or the one it resumed from."""
+    resumed_from_step: int | None = None
+    """Step of the checkpoint this attempt resumed from; None for a fresh start."""
+    attempt: int = Field(default=1, ge=1)
+    """Attempt that sent the record."""
+    pid: int | None = None
+    """Process id of the training child (for operators and tests)."""
+    updated_at: str | None = None
+    """ISO 8601 time of the record."""
 
 
 class TrainingProgress(ContractModel):
@@ -362,3 +445,74 @@ class TrainingProgress(ContractModel):
     """Times training restarted from a checkpoint."""
     error: str | None = None
     """Failure message when the stage is ``failed``."""
+    phase: TrainingPhase | None = None
+    """What the running attempt is doing (live, from its heartbeat); None between attempts."""
+    preemptions: int = Field(default=0, ge=0)
+    """Attempts that ended as a preemption or after saving progress (do not use up ``max_attempts``)."""
+    failures: int = Field(default=0, ge=0)
+    """Attempts that failed without progress (count against ``max_attempts``)."""
+    continued_as_new: int = Field(default=0, ge=0)
+    """Times the workflow continued as a new execution to keep its history short."""
+    updated_at: str | None = None
+    """ISO 8601 time of the newest live figure (heartbeat), when one was merged in."""
+
+    def with_heartbeat(self, heartbeat: "TrainingHeartbeat") -> "TrainingProgress":
+        """Merge the running attempt's live heartbeat into the workflow's durable view.
+
+        The workflow learns step, loss and checkpoints only when an attempt ends (to keep its
+        history bounded); the pending activity's heartbeat carries the live figures.
+
+        Args:
+            heartbeat: Details of the pending fine-tuning activity's latest heartbeat.
+
+        Returns:
+            A copy with live step, epoch, loss, phase and the newer of the two latest checkpoints.
+        """
+        update: dict[str, Any] = {
+            "phase": heartbeat.phase,
+            "updated_at": heartbeat.updated_at,
+            "max_steps": heartbeat.max_steps or self.max_steps,
+        }
+        if heartbeat.step >= self.step or heartbeat.attempt >= self.attempt:
+            update |= {"step": heartbeat.step, "epoch": heartbeat.epoch, "loss": heartbeat.loss or self.loss}
+        live, known = heartbeat.latest_checkpoint, self.latest_checkpoint
+        if live is not None and (known is None or live.step > known.step):
+            update["latest_checkpoint"] = live
+        return self.model_copy(update=update)
+
+
+class TrainingCarry(ContractModel):
+    """State one training execution hands to the next when it continues as new."""
+
+    snapshot: DatasetSnapshotResult
+    """The snapshot being trained on (never taken again)."""
+    progress: TrainingProgress
+    """Progress so far: counters, latest checkpoint, attempt."""
+    next_seq: int = Field(ge=1)
+    """Sequence number of the next attempt (fencing)."""
+    retry_pause_seconds: float = Field(gt=0)
+    """Pause before the next attempt (backoff state)."""
+
+
+class RunClaimRequest(ContractModel):
+    """Input of ``claim_run``: make ``runs/<run_id>`` this workflow chain's, or refuse the id."""
+
+    run_id: RunId
+    """The run id (the workflow id)."""
+    chain_id: str = Field(min_length=1)
+    """First execution run id of the claiming workflow chain."""
+    continue_run: bool = False
+    """Take over an earlier run's folder on purpose (``BertFineTuneConfig.continue_run``)."""
+    config: BertFineTuneConfig
+    """The claiming run's configuration (recorded; a continuation records what changed)."""
+
+
+class RunClaimResult(ContractModel):
+    """Outcome of ``claim_run``."""
+
+    run_id: RunId
+    """The claimed run id."""
+    continued_from_chain: str | None = None
+    """Chain id of the earlier run this one continues, when ``continue_run`` took one over."""
+    config_changes: dict[str, Any] = Field(default_factory=dict)
+    """Fields whose value differs from the earlier run's config (``{field: [old, new]}``)."""
