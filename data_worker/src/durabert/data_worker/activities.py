@@ -110,7 +110,7 @@ class SnapshotActivities:
             log.info(
                 "snapshot started",
                 dataset_name=request.dataset_name,
-                dataset_config=request.dataset_config,
+                dataset_config_name=request.dataset_config_name,
                 attempt=info.attempt,
             )
             with _BackgroundHeartbeat(heartbeat_interval(info.heartbeat_timeout)):

@@ -114,7 +114,7 @@ def split_rows(
         eval_source = train
     else:
         eval_order, eval_source = ordered(eval_table), eval_table
-    return train_order[: request.max_samples], eval_order[: request.max_eval_samples], eval_source
+    return train_order[: request.max_train_samples], eval_order[: request.max_eval_samples], eval_source
 
 
 def _check_rows(table: pa.Table, split: str, request: DatasetSnapshotRequest, source: str) -> None:
@@ -138,7 +138,7 @@ def _result(
     return DatasetSnapshotResult(
         snapshot_id=manifest["snapshot_id"],
         dataset_name=request.dataset_name,
-        dataset_config=request.dataset_config,
+        dataset_config_name=request.dataset_config_name,
         num_train_samples=manifest["num_train_samples"],
         num_eval_samples=manifest["num_eval_samples"],
         data_hash=manifest["data_hash"],
@@ -218,13 +218,13 @@ def create_snapshot(
         "created_by_run_id": request.run_id,
         "source": {
             "dataset_name": request.dataset_name,
-            "dataset_config": request.dataset_config,
+            "dataset_config": request.dataset_config_name,
             "data_files": request.data_files,
             "eval_split": loaded.eval_split,
             "eval_fraction": None if loaded.eval_split else request.eval_fraction,
             "seed": request.seed,
             "shuffle_before_select": request.shuffle_before_select,
-            "max_samples": request.max_samples,
+            "max_samples": request.max_train_samples,
             "max_eval_samples": request.max_eval_samples,
         },
         "fields": {

@@ -47,7 +47,7 @@ def describe_source(request: DatasetSnapshotRequest) -> str:
     """
     if request.dataset_name in FILE_LOADERS:
         return f"{request.dataset_name} files {request.data_files!r}"
-    config = f" (config {request.dataset_config!r})" if request.dataset_config else ""
+    config = f" (config {request.dataset_config_name!r})" if request.dataset_config_name else ""
     return f"dataset {request.dataset_name!r}{config}"
 
 
@@ -285,7 +285,9 @@ def load_source(
     # Passed on only when asked for and allowed (datasets 4+ ignores it and runs no scripts).
     kwargs: dict[str, Any] = {"trust_remote_code": True} if trust_remote_code else {}
     try:
-        loaded = load_dataset(request.dataset_name, request.dataset_config, data_files=data_files, **kwargs)
+        loaded = load_dataset(
+            request.dataset_name, request.dataset_config_name, data_files=data_files, **kwargs
+        )
     except (DatasetNotFoundError, DataFilesNotFoundError) as exc:
         raise invalid_input(f"cannot find {source}: {_first_line(exc)}", field=source_field(request)) from exc
     except DatasetGenerationError as exc:
