@@ -142,3 +142,37 @@ def test_seed_changes_the_sample_and_the_id(local_settings, write_rows, seed: in
     base = create_snapshot(json_request("rows.jsonl", max_samples=50, seed=0), local_settings).result
     other = create_snapshot(json_request("rows.jsonl", max_samples=50, seed=seed), local_settings).result
     assert other.snapshot_id != base.snapshot_id
+
+
+def _pinned_rows() -> list[dict[str, str]]:
+    return [
+        {
+            "sentence": f"pinned review {i}: the plot was {'sharp' if i % 3 else 'slow'} ({i * 37 % 101})",
+            "label": ["neg", "pos", "mixed"][(i * 7) % 3],
+        }
+        for i in range(120)
+    ]
+
+
+PINNED_IDS = {
+    "whole": ({}, "3d3a03388054bb89403c2ab2013855c0f0a1e2ba6d20b8e444794d5c70b31fc8", (108, 12)),
+    "sampled": (
+        {"max_train_samples": 50, "max_eval_samples": 10, "seed": 7},
+        "8589a7e2179a1cf39799933829656aa303ea6781ce70d58d4b589932b72b08cd",
+        (50, 10),
+    ),
+}
+"""Hashes of fixed inputs as computed by the data worker of commit b90eab6 (before the contract's
+renames and the memory work). Existing stores rely on them: a changed value means every stored
+snapshot misses its cache and is written again under a new id."""
+
+
+@pytest.mark.parametrize(("options", "digest", "rows"), PINNED_IDS.values(), ids=PINNED_IDS.keys())
+def test_snapshot_ids_of_existing_stores_do_not_change(
+    local_settings, write_rows, options: dict[str, int], digest: str, rows: tuple[int, int]
+) -> None:
+    write_rows("pinned.jsonl", _pinned_rows())
+    result = create_snapshot(json_request("pinned.jsonl", **options), local_settings).result
+    assert result.data_hash == digest
+    assert result.snapshot_id == digest[:16]
+    assert (result.num_train_samples, result.num_eval_samples) == rows
