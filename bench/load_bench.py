@@ -390,7 +390,7 @@ def _rounded(figures: dict[str, float]) -> dict[str, float]:
 
 
 async def _main(args: argparse.Namespace) -> dict[str, Any]:
-    from durabert.shared.devserver import DevServer, free_port
+    from durabert.orchestrator.devserver import DevServer, free_port
     from support.tiny_model import save_tiny_bert
 
     report: dict[str, Any] = {}

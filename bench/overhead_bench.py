@@ -23,9 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from durabert.orchestrator.devserver import DevServer, free_port
 from durabert.shared import names
 from durabert.shared.client import connect_client
-from durabert.shared.devserver import DevServer, free_port
 from durabert.shared.models import BertFineTuneConfig, BertFineTuneRequest, BertFineTuneResult
 from durabert.shared.settings import DurabertSettings
 from train_bench import make_texts, plain_trainer

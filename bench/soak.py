@@ -24,7 +24,7 @@ from pathlib import Path
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from durabert.shared.devserver import DevServer, free_port
+from durabert.orchestrator.devserver import DevServer, free_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from support.chaos import chaos_soak, reference_eval_loss

@@ -13,7 +13,7 @@ import pytest
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from durabert.shared.devserver import DevServer, free_port
+from durabert.orchestrator.devserver import DevServer, free_port
 from durabert.shared.settings import DurabertSettings
 
 # Worker-process fixtures (`cluster`, `gpu_worker`) shared by the e2e and reliability tests.

@@ -42,7 +42,7 @@ from deploy_helpers import (
     workspace_members,
 )
 
-from durabert.shared.devserver import DevServer, free_port
+from durabert.orchestrator.devserver import DevServer, free_port
 from durabert.shared.settings import DurabertSettings, unknown_env_vars
 from support.processes import WorkerProcess
 

@@ -23,8 +23,8 @@ from temporalio.worker import Worker
 
 from durabert.orchestrator import client_ops
 from durabert.orchestrator.cli import execute
+from durabert.orchestrator.devserver import DevServer, free_port
 from durabert.shared import names
-from durabert.shared.devserver import DevServer, free_port
 from durabert.shared.settings import DurabertSettings
 
 pytestmark = pytest.mark.integration

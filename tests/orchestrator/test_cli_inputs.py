@@ -23,9 +23,9 @@ from durabert.orchestrator.config_file import (
     load_config,
     read_texts,
 )
+from durabert.orchestrator.devserver import free_port
 from durabert.orchestrator.progress import LineView, format_progress, progress_details, result_rows
 from durabert.orchestrator.run_ids import check_run_id, generate_run_id, inference_workflow_id
-from durabert.shared.devserver import free_port
 from durabert.shared.models import (
     RUN_ID_PATTERN,
     BertFineTuneConfig,

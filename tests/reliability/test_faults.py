@@ -25,8 +25,8 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from durabert.orchestrator.cli import Output, execute
+from durabert.orchestrator.devserver import DevServer, free_port
 from durabert.shared import names
-from durabert.shared.devserver import DevServer, free_port
 from durabert.shared.models import BertFineTuneResult
 from support.chaos import chaos_soak, reference_eval_loss
 from support.cluster import Cluster, make_cluster, progress_of, steps_trained, wait_progress

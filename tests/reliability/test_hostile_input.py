@@ -36,9 +36,9 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from durabert.data_worker.worker import build_spec as data_spec
 from durabert.orchestrator.cli import EXIT_USAGE, Output, execute
+from durabert.orchestrator.devserver import DevServer, find_temporal_cli
 from durabert.orchestrator.worker import build_spec as orchestrator_spec
 from durabert.shared import names
-from durabert.shared.devserver import DevServer, find_temporal_cli
 from durabert.shared.errors import ErrorType
 from durabert.shared.models import BertFineTuneConfig, BertInferenceRequest
 from durabert.shared.runner import build_worker

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from temporalio.client import Client
 
-from durabert.shared.devserver import DevServer
+from durabert.orchestrator.devserver import DevServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from load_bench import (

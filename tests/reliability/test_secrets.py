@@ -26,9 +26,9 @@ from rich.console import Console
 from temporalio.client import Client, WorkflowFailureError
 
 from durabert.orchestrator.cli import Output, execute
+from durabert.orchestrator.devserver import DevServer
 from durabert.shared import names
 from durabert.shared.client import connect_client
-from durabert.shared.devserver import DevServer
 from durabert.shared.models import BertInferenceRequest, BertInferenceResult
 from durabert.shared.settings import DurabertSettings
 from support.tls import Pki, TlsProxy, make_pki, openssl_path

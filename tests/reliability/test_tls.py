@@ -23,8 +23,8 @@ from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest, Describe
 from temporalio.client import Client
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
+from durabert.orchestrator.devserver import DevServer
 from durabert.shared.client import TemporalUnreachableError, connect_client
-from durabert.shared.devserver import DevServer
 from durabert.shared.settings import DurabertSettings
 from support.processes import BIN_DIR, WorkerProcess
 from support.tls import Pki, TlsProxy, make_pki, openssl_path

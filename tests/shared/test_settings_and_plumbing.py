@@ -14,9 +14,9 @@ import pytest
 import structlog
 from temporalio.exceptions import ApplicationError
 
+from durabert.orchestrator.devserver import free_port
 from durabert.shared.artifacts import ArtifactStore, write_json_atomic
 from durabert.shared.client import TemporalUnreachableError, connect_client
-from durabert.shared.devserver import free_port
 from durabert.shared.logging import bind_run_id, configure_logging, get_logger
 from durabert.shared.settings import DurabertSettings, unknown_env_vars
 from support.processes import BIN_DIR, WorkerProcess

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from temporalio.client import Client, WorkflowHandle
 
+from durabert.orchestrator.devserver import DevServer
 from durabert.shared import names
-from durabert.shared.devserver import DevServer
 from durabert.shared.models import BertFineTuneConfig, BertFineTuneResult, TrainingProgress
 from durabert.shared.settings import DurabertSettings
 from support.datasets import write_reviews

@@ -23,9 +23,9 @@ from typing import IO
 import yaml
 from temporalio.client import Client, WorkflowHandle
 
+from durabert.orchestrator.devserver import DevServer
 from durabert.shared import names
 from durabert.shared.client import connect_client
-from durabert.shared.devserver import DevServer
 from durabert.shared.models import (
     BertFineTuneConfig,
     BertFineTuneResult,
