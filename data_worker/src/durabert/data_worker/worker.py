@@ -3,6 +3,7 @@
 from concurrent.futures import ThreadPoolExecutor
 
 from durabert.data_worker.activities import SnapshotActivities
+from durabert.data_worker.run_claims import RunClaimActivities
 from durabert.shared.cli_support import run_worker_main
 from durabert.shared.runner import WorkerSpec
 from durabert.shared.settings import DurabertSettings
@@ -22,7 +23,7 @@ def build_spec(settings: DurabertSettings) -> WorkerSpec:
     return WorkerSpec(
         role="data",
         task_queue=settings.queues.data,
-        activities=[activities.create_dataset_snapshot],
+        activities=[activities.create_dataset_snapshot, RunClaimActivities(settings).claim_run],
         # The snapshot activity is sync (heartbeats and cancellation work from its thread):
         # one thread per activity slot, so no accepted task waits for a thread.
         activity_executor=ThreadPoolExecutor(max_workers=slots, thread_name_prefix="snapshot"),

@@ -7,7 +7,7 @@ from durabert.shared.settings import DurabertSettings
 
 
 def build_spec(settings: DurabertSettings) -> WorkerSpec:
-    """Describe the orchestrator worker: its queue and workflows.
+    """Describe the orchestrator worker: its queue and workflows, versioned when a build id is set.
 
     Args:
         settings: durabert settings.
@@ -15,7 +15,9 @@ def build_spec(settings: DurabertSettings) -> WorkerSpec:
     Returns:
         The worker spec.
     """
-    return WorkerSpec(role="orchestrator", task_queue=settings.queues.orchestrator, workflows=WORKFLOWS)
+    return WorkerSpec(
+        role="orchestrator", task_queue=settings.queues.orchestrator, workflows=WORKFLOWS, versioned=True
+    )
 
 
 def main() -> None:

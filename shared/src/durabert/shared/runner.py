@@ -15,7 +15,8 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.common import VersioningBehavior
+from temporalio.worker import Worker, WorkerDeploymentConfig
 
 from durabert.shared.client import connect_client, metrics_runtime
 from durabert.shared.logging import get_logger
@@ -42,6 +43,29 @@ class WorkerSpec:
     """Activity slots; None for the SDK default."""
     worker_options: dict[str, Any] = field(default_factory=dict)
     """Extra ``Worker`` keyword arguments (e.g. a workflow runner)."""
+    versioned: bool = False
+    """Take part in Worker Versioning when the settings carry a build id. Only the orchestrator
+    does: its workflows replay, activities do not, so activity workers stay unversioned."""
+
+
+def deployment_config(settings: DurabertSettings, spec: WorkerSpec) -> WorkerDeploymentConfig | None:
+    """The Worker Versioning config of a worker, or None to run it unversioned.
+
+    Args:
+        settings: durabert settings (``worker.deployment_name`` and ``worker.build_id``).
+        spec: The worker; only a ``versioned`` one gets a config.
+
+    Returns:
+        A config with versioning on, when the spec is versioned and a build id is set.
+    """
+    version = settings.worker.deployment_version
+    if not spec.versioned or version is None:
+        return None
+    # Workflows declare their own behavior (training PINNED, inference AUTO_UPGRADE); a
+    # workflow that declares none is pinned, the safe choice for code that may change.
+    return WorkerDeploymentConfig(
+        version=version, use_worker_versioning=True, default_versioning_behavior=VersioningBehavior.PINNED
+    )
 
 
 async def _serve_health(port: int, is_ready: Callable[[], bool]) -> asyncio.Server:
@@ -86,6 +110,7 @@ def build_worker(client: Client, settings: DurabertSettings, spec: WorkerSpec) -
         max_concurrent_activities=spec.max_concurrent_activities,
         max_concurrent_workflow_tasks=settings.worker.max_concurrent_workflow_tasks,
         graceful_shutdown_timeout=timedelta(seconds=settings.worker.graceful_shutdown_timeout_seconds),
+        deployment_config=deployment_config(settings, spec),
         **spec.worker_options,
     )
 
@@ -119,6 +144,7 @@ async def run_worker(settings: DurabertSettings, spec: WorkerSpec) -> int:
         address=settings.temporal.address,
         activities=len(spec.activities),
         workflows=len(spec.workflows),
+        build_id=settings.worker.build_id if spec.versioned else None,
     )
     running = asyncio.create_task(worker.run())
     stopping = asyncio.create_task(stop.wait())

@@ -13,11 +13,14 @@ from typing import Literal, NoReturn, TypeVar
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from temporalio.common import WorkerDeploymentVersion
 
 from durabert.shared import names
 
 ENV_PREFIX = "DURABERT_"
 """Prefix of every durabert environment variable."""
+DEFAULT_DEPLOYMENT_NAME = "durabert-orchestrator"
+"""Temporal Worker Deployment name of the orchestrator when none is configured."""
 
 
 class TemporalSettings(BaseModel):
@@ -80,6 +83,28 @@ class WorkerSettings(BaseModel):
     """Workflow task slots; None takes the SDK default."""
     health_port: int | None = Field(default=None, ge=1, le=65535)
     """Port of the ``/healthz`` endpoint (for Kubernetes probes); None serves none."""
+    deployment_name: str = Field(
+        default=DEFAULT_DEPLOYMENT_NAME, min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_-]+$"
+    )
+    """Temporal Worker Deployment of the orchestrator (``DURABERT_WORKER__DEPLOYMENT_NAME``); no '.',
+    which separates it from the build id in a version's name."""
+    build_id: str | None = Field(default=None, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+    """Build id of this orchestrator build, from its image tag (``DURABERT_WORKER__BUILD_ID``). When
+    set, the orchestrator worker uses Worker Versioning (training runs stay pinned to the build
+    that started them); empty or unset: unversioned (dev and tests). Activity workers ignore it."""
+
+    @field_validator("build_id", mode="before")
+    @classmethod
+    def _empty_build_id_is_none(cls, value: object) -> object:
+        # A manifest that sets the variable to "" means "no versioning", not an invalid id.
+        return None if value == "" else value
+
+    @property
+    def deployment_version(self) -> WorkerDeploymentVersion | None:
+        """The Worker Deployment version of this build, or None when versioning is off."""
+        if self.build_id is None:
+            return None
+        return WorkerDeploymentVersion(deployment_name=self.deployment_name, build_id=self.build_id)
 
 
 class DataWorkerSettings(BaseModel):
