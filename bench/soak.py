@@ -25,8 +25,6 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from durabert.orchestrator.devserver import DevServer, free_port
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from support.chaos import chaos_soak, reference_eval_loss
 from support.cluster import make_cluster
 from support.tiny_model import save_tiny_bert

@@ -18,7 +18,6 @@ import json
 import random
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -198,8 +197,6 @@ def warm_forkserver() -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run both paths ``--repeat`` times, alternating, each in a fresh artifact root."""
-    # The tiny model helper lives with the tests; the bench reuses it.
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
     from durabert.gpu_worker.device import select_precision
     from support.tiny_model import save_tiny_bert
 

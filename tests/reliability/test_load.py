@@ -1,13 +1,12 @@
 """Load: 50 training runs on one GPU slot, 500 inferences from 20 concurrent clients.
 
 The three workers run as processes from their console scripts against the session's dev
-server (``bench/load_bench.py`` holds the machinery; it also runs both loads as a
-benchmark with other counts). The figures (peak memory, latency, throughput) are printed
+server (``support.load`` in ``testkit/`` holds the machinery; ``bench/load_bench.py`` runs
+the same loads as a benchmark with other counts). The figures (peak memory, latency, throughput) are printed
 here and published in ``docs/reliability.md``; nothing here asserts a duration.
 """
 
 import json
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,9 +14,7 @@ import pytest
 from temporalio.client import Client
 
 from durabert.orchestrator.devserver import DevServer
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from load_bench import (
+from support.load import (
     LoadCluster,
     inference_load,
     most_trainings_at_once,

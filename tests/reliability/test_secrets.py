@@ -15,7 +15,6 @@ import asyncio
 import base64
 import io
 import json
-import sys
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -31,10 +30,8 @@ from durabert.shared import names
 from durabert.shared.client import connect_client
 from durabert.shared.models import BertInferenceRequest, BertInferenceResult
 from durabert.shared.settings import DurabertSettings
+from support.load import LoadCluster
 from support.tls import Pki, TlsProxy, make_pki, openssl_path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from load_bench import LoadCluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
