@@ -3,186 +3,85 @@
 Mock activities are registered under the real activity names on random queues (the
 samples' pattern), so the workflow logic (retries that carry the latest checkpoint,
 non-retryable errors, input validation, queries) is tested in isolation; the
-end-to-end tests run the real workers.
+end-to-end tests run the real workers. See ``fake_training`` for the workers; the
+long-run behaviours (preemptions, continue-as-new, run-id reuse, versioning) are in
+``test_long_runs_*``.
 """
 
 import uuid
-from collections.abc import Callable
-from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
+from fake_training import FakeWorkers, config, event_types, heartbeat, new_run_id, result_for
+from fake_training import preempted as preempted_at
 from temporalio import activity
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
-from durabert.orchestrator.workflows import (
-    WORKFLOWS,
-    BertInferenceWorkflow,
-    CheckpointedBertTrainingWorkflow,
-    normalise_run_id,
-)
+from durabert.orchestrator.workflows import WORKFLOWS, BertInferenceWorkflow, CheckpointedBertTrainingWorkflow
 from durabert.shared import names
-from durabert.shared.errors import ErrorType, configuration_error
+from durabert.shared.errors import ErrorType, configuration_error, retryable_error
 from durabert.shared.models import (
-    BertFineTuneConfig,
     BertFineTuneRequest,
     BertFineTuneResult,
     BertInferenceRequest,
     BertInferenceResult,
-    CheckpointInfo,
-    DatasetSnapshotRequest,
-    DatasetSnapshotResult,
     TrainingProgress,
 )
-from durabert.shared.settings import DurabertSettings, QueueSettings
 from support.histories import record_history
 
-FAST = {"retry_initial_interval_seconds": 0.1, "retry_maximum_interval_seconds": 0.2}
 
-
-def _config(**overrides: Any) -> BertFineTuneConfig:
-    base: dict[str, Any] = {
-        "dataset_name": "json",
-        "data_files": "/data/reviews.jsonl",
-        "max_steps": 20,
-        "checkpoint_steps": 5,
-        "max_attempts": 3,
-        "timeouts": FAST,
-    }
-    return BertFineTuneConfig.model_validate(base | overrides)
-
-
-def _snapshot(request: DatasetSnapshotRequest) -> DatasetSnapshotResult:
-    return DatasetSnapshotResult(
-        snapshot_id="abc123",
-        dataset_name=request.dataset_name,
-        num_train_samples=10,
-        num_eval_samples=2,
-        data_hash="0" * 64,
-        snapshot_timestamp=datetime.now(UTC).isoformat(),
-        snapshot_path="snapshots/abc123",
-        label_names=["negative", "positive"],
-        text_field=request.text_field,
-        label_field=request.label_field,
-    )
-
-
-def _result(request: BertFineTuneRequest, resumed: int | None) -> BertFineTuneResult:
-    return BertFineTuneResult(
-        run_id=request.run_id,
-        config=request.config,
-        train_loss=0.5,
-        training_time_seconds=1.0,
-        num_parameters=1,
-        total_checkpoints_saved=4,
-        global_step=request.config.max_steps or 0,
-        resumed_from_step=resumed,
-        attempts=request.attempt,
-        device="cpu",
-        model_path=f"runs/{request.run_id}/model",
-    )
-
-
-class FakeWorkers:
-    """Three workers on random queues; the GPU activity's behaviour is given by the test."""
-
-    def __init__(self, client: Client, fine_tune: Callable[..., Any]) -> None:
-        suffix = uuid.uuid4().hex[:8]
-        self.settings = DurabertSettings(
-            queues=QueueSettings(data=f"data-{suffix}", gpu=f"gpu-{suffix}", orchestrator=f"orch-{suffix}")
-        )
-        self.snapshot_requests: list[DatasetSnapshotRequest] = []
-
-        @activity.defn(name=names.CREATE_DATASET_SNAPSHOT)
-        async def snapshot(request: DatasetSnapshotRequest) -> DatasetSnapshotResult:
-            self.snapshot_requests.append(request)
-            return _snapshot(request)
-
-        queues = self.settings.queues
-        self.workers = [
-            Worker(client, task_queue=queues.orchestrator, workflows=WORKFLOWS),
-            Worker(client, task_queue=queues.data, activities=[snapshot]),
-            Worker(client, task_queue=queues.gpu, activities=[fine_tune]),
-        ]
-        self.client = client
-
-    async def __aenter__(self) -> "FakeWorkers":
-        for worker in self.workers:
-            await worker.__aenter__()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        for worker in self.workers:
-            await worker.__aexit__(None, None, None)
-
-    async def train(self, config: BertFineTuneConfig | dict[str, Any], workflow_id: str) -> Any:
-        return await self.client.execute_workflow(
-            CheckpointedBertTrainingWorkflow.run,
-            config,
-            id=workflow_id,
-            task_queue=self.settings.queues.orchestrator,
-            memo=self.settings.queue_memo(),
-        )
-
-
-async def _signal(info: CheckpointInfo) -> None:
-    handle = activity.client().get_workflow_handle(activity.info().workflow_id)
-    await handle.signal(names.UPDATE_CHECKPOINT_SIGNAL, info)
-
-
-def _checkpoint(run_id: str, step: int, attempt: int) -> CheckpointInfo:
-    return CheckpointInfo(
-        epoch=step / 20,
-        step=step,
-        path=f"runs/{run_id}/checkpoints/checkpoint-{step}",
-        loss=1.0 / step,
-        timestamp=datetime.now(UTC).isoformat(),
-        max_steps=20,
-        attempt=attempt,
-    )
-
-
-async def test_failed_attempt_is_retried_with_the_latest_checkpoint(client: Client) -> None:
+async def test_failed_attempt_is_retried_with_the_latest_checkpoint(
+    client: Client, artifact_root: Path
+) -> None:
     seen: list[BertFineTuneRequest] = []
 
     @activity.defn(name=names.FINE_TUNE_BERT)
     async def fine_tune(request: BertFineTuneRequest) -> BertFineTuneResult:
         seen.append(request)
         if request.attempt == 1:
-            await _signal(_checkpoint(request.run_id, 5, 1))
-            await _signal(_checkpoint(request.run_id, 10, 1))
-            raise RuntimeError("worker lost its GPU")  # retryable
-        return _result(request, resumed=10)
+            # The training child died after saving checkpoint-10: the failure carries the
+            # attempt's last state (no signal reaches the workflow).
+            details = heartbeat(request, step=12, saved=10).model_dump(mode="json")
+            raise retryable_error(ErrorType.PROCESS_DIED, "training child exited with -9", details)
+        return result_for(request, resumed=10)
 
-    run_id = f"wf-{uuid.uuid4().hex[:8]}"
-    async with FakeWorkers(client, fine_tune) as fake:
-        result = await fake.train(_config(run_id=run_id), run_id)
-        progress = await client.get_workflow_handle(run_id).query(
-            CheckpointedBertTrainingWorkflow.get_progress
-        )
-        latest = await client.get_workflow_handle(run_id).query(
-            CheckpointedBertTrainingWorkflow.get_latest_checkpoint
-        )
-        await record_history(client.get_workflow_handle(run_id), "training_retry_with_checkpoint")
+    run_id = new_run_id()
+    async with FakeWorkers(client, fine_tune, artifact_root) as fake:
+        handle = await fake.start(config(run_id=run_id), run_id)
+        result = await handle.result()
+        progress = await handle.query(CheckpointedBertTrainingWorkflow.get_progress)
+        latest = await handle.query(CheckpointedBertTrainingWorkflow.get_latest_checkpoint)
+        events = await event_types(handle)
+        await record_history(handle, "training_retry_with_checkpoint")
 
     assert [r.attempt for r in seen] == [1, 2]
     assert seen[0].resume_from_checkpoint is None
     assert seen[1].resume_from_checkpoint == f"runs/{run_id}/checkpoints/checkpoint-10"
     assert seen[1].dataset_snapshot.snapshot_id == "abc123"
+    chain = handle.first_execution_run_id or handle.result_run_id
+    assert [(r.fence.workflow_id, r.fence.chain_id, r.fence.seq) for r in seen if r.fence] == [
+        (run_id, chain, 1),
+        (run_id, chain, 2),
+    ]
     assert result.global_step == 20
     assert result.resumed_from_step == 10
+    # A crash after saving a newer checkpoint is progress: it does not use up max_attempts.
+    assert (result.attempts, result.preemptions, result.failed_attempts) == (2, 1, 0)
     assert isinstance(progress, TrainingProgress)
     assert progress.stage == "completed"
     assert progress.resumes == 1
-    assert progress.checkpoints_saved == 2
+    assert (progress.preemptions, progress.failures) == (1, 0)
     assert progress.snapshot_id == "abc123"
     assert latest is not None
     assert latest.step == 10
+    assert "WORKFLOW_EXECUTION_SIGNALED" not in events
+    assert events.count("ACTIVITY_TASK_SCHEDULED") == 4  # claim, snapshot, two attempts
 
 
-async def test_non_retryable_error_fails_at_once(client: Client) -> None:
+async def test_non_retryable_error_fails_at_once(client: Client, artifact_root: Path) -> None:
     calls = 0
 
     @activity.defn(name=names.FINE_TUNE_BERT)
@@ -191,10 +90,10 @@ async def test_non_retryable_error_fails_at_once(client: Client) -> None:
         calls += 1
         raise configuration_error("model_name: no model folder at /nope")
 
-    run_id = f"wf-{uuid.uuid4().hex[:8]}"
-    async with FakeWorkers(client, fine_tune) as fake:
+    run_id = new_run_id()
+    async with FakeWorkers(client, fine_tune, artifact_root) as fake:
         with pytest.raises(WorkflowFailureError) as info:
-            await fake.train(_config(run_id=run_id), run_id)
+            await fake.train(config(run_id=run_id), run_id)
         progress = await client.get_workflow_handle(run_id).query(
             CheckpointedBertTrainingWorkflow.get_progress
         )
@@ -209,19 +108,32 @@ async def test_non_retryable_error_fails_at_once(client: Client) -> None:
     assert "model_name" in progress.error
 
 
-async def test_attempts_are_bounded_by_max_attempts(client: Client) -> None:
+async def test_failures_without_progress_are_bounded_by_max_attempts(
+    client: Client, artifact_root: Path
+) -> None:
     attempts: list[int] = []
 
     @activity.defn(name=names.FINE_TUNE_BERT)
     async def fine_tune(request: BertFineTuneRequest) -> BertFineTuneResult:
         attempts.append(request.attempt)
-        raise RuntimeError("flaky node")
+        if request.attempt == 1:
+            raise preempted_at(request, 5)
+        # From here on every attempt reports the checkpoint it started from: no progress.
+        details = heartbeat(request, step=7, saved=5).model_dump(mode="json")
+        raise retryable_error(ErrorType.PROCESS_DIED, "flaky node", details)
 
-    run_id = f"wf-{uuid.uuid4().hex[:8]}"
-    async with FakeWorkers(client, fine_tune) as fake:
-        with pytest.raises(WorkflowFailureError):
-            await fake.train(_config(run_id=run_id, max_attempts=2), run_id)
-    assert attempts == [1, 2]
+    run_id = new_run_id()
+    async with FakeWorkers(client, fine_tune, artifact_root) as fake:
+        with pytest.raises(WorkflowFailureError) as info:
+            await fake.train(config(run_id=run_id, max_attempts=2), run_id)
+        progress = await client.get_workflow_handle(run_id).query(
+            CheckpointedBertTrainingWorkflow.get_progress
+        )
+    # The preemption was free; the two failures without progress used up max_attempts=2.
+    assert attempts == [1, 2, 3]
+    assert (progress.preemptions, progress.failures) == (1, 2)
+    assert progress.stage == "failed"
+    assert "flaky node" in str(info.value.cause.cause)
 
 
 @pytest.mark.parametrize(
@@ -234,14 +146,14 @@ async def test_attempts_are_bounded_by_max_attempts(client: Client) -> None:
     ],
 )
 async def test_invalid_json_input_fails_fast_naming_the_field(
-    client: Client, raw: dict[str, Any], field: str
+    client: Client, artifact_root: Path, raw: dict[str, Any], field: str
 ) -> None:
     @activity.defn(name=names.FINE_TUNE_BERT)
     async def fine_tune(request: BertFineTuneRequest) -> BertFineTuneResult:
         raise AssertionError("must not be reached")
 
-    workflow_id = f"wf-{uuid.uuid4().hex[:8]}"
-    async with FakeWorkers(client, fine_tune) as fake:
+    workflow_id = new_run_id()
+    async with FakeWorkers(client, fine_tune, artifact_root) as fake:
         with pytest.raises(WorkflowFailureError) as info:
             await fake.train(raw, workflow_id)
         assert fake.snapshot_requests == []
@@ -254,35 +166,52 @@ async def test_invalid_json_input_fails_fast_naming_the_field(
     assert field in cause.message
 
 
-async def test_run_id_must_match_the_workflow_id(client: Client) -> None:
+async def test_run_id_must_match_the_workflow_id(client: Client, artifact_root: Path) -> None:
     @activity.defn(name=names.FINE_TUNE_BERT)
     async def fine_tune(request: BertFineTuneRequest) -> BertFineTuneResult:
         raise AssertionError("must not be reached")
 
-    async with FakeWorkers(client, fine_tune) as fake:
+    async with FakeWorkers(client, fine_tune, artifact_root) as fake:
         with pytest.raises(WorkflowFailureError) as info:
-            await fake.train(_config(run_id="some-run"), f"other-{uuid.uuid4().hex[:6]}")
+            await fake.train(config(run_id="some-run"), f"other-{uuid.uuid4().hex[:6]}")
     assert "run_id" in str(info.value.cause)
 
 
-async def test_run_id_is_derived_from_the_workflow_id(client: Client) -> None:
+@pytest.mark.parametrize("prefix", ["My Run_", "Train-BERT-", "run/../", "x" * 64])
+async def test_a_workflow_id_that_is_not_a_run_id_is_refused(
+    client: Client, artifact_root: Path, prefix: str
+) -> None:
     @activity.defn(name=names.FINE_TUNE_BERT)
     async def fine_tune(request: BertFineTuneRequest) -> BertFineTuneResult:
-        return _result(request, resumed=None)
+        raise AssertionError("must not be reached")
 
-    workflow_id = f"My Run_{uuid.uuid4().hex[:6]}!"
-    async with FakeWorkers(client, fine_tune) as fake:
-        result = await fake.train(_config(), workflow_id)
-        assert fake.snapshot_requests[0].run_id == result.run_id
-    assert result.run_id == normalise_run_id(workflow_id)
-    assert result.run_id.startswith("my-run_")
+    workflow_id = f"{prefix}{uuid.uuid4().hex[:6]}"
+    async with FakeWorkers(client, fine_tune, artifact_root) as fake:
+        with pytest.raises(WorkflowFailureError) as info:
+            await fake.train(config(), workflow_id)
+        events = await event_types(client.get_workflow_handle(workflow_id))
+    cause = info.value.cause
+    assert isinstance(cause, ApplicationError)
+    assert cause.type == ErrorType.INVALID_INPUT
+    assert cause.non_retryable
+    # Named, not folded into another id: Train-BERT and train-bert are two runs, or one is refused.
+    assert repr(workflow_id) in cause.message
+    assert "not a valid run id" in cause.message
+    assert "ACTIVITY_TASK_SCHEDULED" not in events
+    assert not (artifact_root / "runs").exists()
 
 
-def test_normalise_run_id_gives_valid_ids() -> None:
-    from durabert.shared.models import RUN_ID_PATTERN
+async def test_a_valid_workflow_id_is_the_run_id(client: Client, artifact_root: Path) -> None:
+    @activity.defn(name=names.FINE_TUNE_BERT)
+    async def fine_tune(request: BertFineTuneRequest) -> BertFineTuneResult:
+        return result_for(request, resumed=None)
 
-    for raw in ["Hello World", "../../etc/passwd", "-x-", "a" * 200, "..", "UPPER.case..dots"]:
-        assert RUN_ID_PATTERN.fullmatch(normalise_run_id(raw)), raw
+    workflow_id = new_run_id("train-bert")
+    async with FakeWorkers(client, fine_tune, artifact_root) as fake:
+        result = await fake.train(config(), workflow_id)
+        assert fake.snapshot_requests[0].run_id == workflow_id
+    assert result.run_id == workflow_id
+    assert (artifact_root / "runs" / workflow_id / "run.json").is_file()
 
 
 async def test_inference_workflow_runs_the_activity_and_refuses_bad_input(client: Client) -> None:

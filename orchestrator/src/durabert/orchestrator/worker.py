@@ -1,6 +1,6 @@
 """``durabert-orchestrator-worker``: the workflows on ``orchestrator-queue``."""
 
-from durabert.orchestrator.workflows import WORKFLOWS
+from durabert.orchestrator.workflows import VERSIONED_WORKFLOWS, WORKFLOWS
 from durabert.shared.cli_support import run_worker_main
 from durabert.shared.runner import WorkerSpec
 from durabert.shared.settings import DurabertSettings
@@ -15,8 +15,13 @@ def build_spec(settings: DurabertSettings) -> WorkerSpec:
     Returns:
         The worker spec.
     """
+    versioned = settings.worker.deployment_version is not None
     return WorkerSpec(
-        role="orchestrator", task_queue=settings.queues.orchestrator, workflows=WORKFLOWS, versioned=True
+        role="orchestrator",
+        task_queue=settings.queues.orchestrator,
+        # Only a versioned worker may send versioning behaviors (the server refuses them otherwise).
+        workflows=VERSIONED_WORKFLOWS if versioned else WORKFLOWS,
+        versioned=versioned,
     )
 
 

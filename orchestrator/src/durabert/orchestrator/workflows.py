@@ -138,12 +138,11 @@ def _run_id(cfg: BertFineTuneConfig) -> str:
     return cfg.run_id
 
 
-@workflow.defn(name=names.TRAINING_WORKFLOW, versioning_behavior=VersioningBehavior.PINNED)
+@workflow.defn(name=names.TRAINING_WORKFLOW)
 class CheckpointedBertTrainingWorkflow:
     """Claim the run id, snapshot the dataset, then fine-tune with checkpoints, resuming after failures.
 
-    Pinned: a run finishes on the build that started it (Worker Versioning), so workflow code
-    can change under a 72-hour training without replaying it on the new code.
+    A versioned orchestrator registers :class:`PinnedBertTrainingWorkflow` instead (same code).
     """
 
     def __init__(self) -> None:
@@ -402,11 +401,11 @@ def _too_many_preemptions(run_id: str, preemptions: int, ceiling: int) -> Applic
     )
 
 
-@workflow.defn(name=names.INFERENCE_WORKFLOW, versioning_behavior=VersioningBehavior.AUTO_UPGRADE)
+@workflow.defn(name=names.INFERENCE_WORKFLOW)
 class BertInferenceWorkflow:
     """Classify texts with a finished run's model: one activity on the GPU queue.
 
-    Auto-upgrade: an inference lasts seconds and holds no state worth pinning to a build.
+    A versioned orchestrator registers :class:`AutoUpgradeBertInferenceWorkflow` instead.
     """
 
     @workflow.run
@@ -432,5 +431,54 @@ class BertInferenceWorkflow:
         )
 
 
+# Worker Versioning: the server refuses a versioning behavior from a worker that is not
+# versioned ("versioning behavior cannot be specified without deployment options being set
+# with versioned mode"), so the behavior lives on subclasses that only a versioned worker
+# registers. They run the very same code under the same type names.
+
+
+@workflow.defn(name=names.TRAINING_WORKFLOW, versioning_behavior=VersioningBehavior.PINNED)
+class PinnedBertTrainingWorkflow(CheckpointedBertTrainingWorkflow):
+    """The training workflow as a versioned orchestrator registers it: pinned to its build.
+
+    A run finishes on the build that started it, so workflow code can change under a 72-hour
+    training without the running one replaying on the new code.
+    """
+
+    @workflow.run
+    async def run(self, *args: Any) -> BertFineTuneResult:
+        """Run the whole training pipeline (see :meth:`CheckpointedBertTrainingWorkflow.run`).
+
+        Args:
+            *args: As for :meth:`CheckpointedBertTrainingWorkflow.run`.
+
+        Returns:
+            The fine-tuning result.
+        """
+        return await super().run(*args)
+
+
+@workflow.defn(name=names.INFERENCE_WORKFLOW, versioning_behavior=VersioningBehavior.AUTO_UPGRADE)
+class AutoUpgradeBertInferenceWorkflow(BertInferenceWorkflow):
+    """The inference workflow as a versioned orchestrator registers it: it moves to the newest build.
+
+    An inference lasts seconds and keeps no state worth pinning to a build.
+    """
+
+    @workflow.run
+    async def run(self, *args: Any) -> BertInferenceResult:
+        """Run inference (see :meth:`BertInferenceWorkflow.run`).
+
+        Args:
+            *args: As for :meth:`BertInferenceWorkflow.run`.
+
+        Returns:
+            Predictions, names and confidences.
+        """
+        return await super().run(*args)
+
+
 WORKFLOWS: list[type] = [CheckpointedBertTrainingWorkflow, BertInferenceWorkflow]
-"""Every workflow the orchestrator worker registers."""
+"""Every workflow an unversioned orchestrator worker registers (dev, tests, replay)."""
+VERSIONED_WORKFLOWS: list[type] = [PinnedBertTrainingWorkflow, AutoUpgradeBertInferenceWorkflow]
+"""The same workflows with their versioning behavior, for an orchestrator with a build id."""
