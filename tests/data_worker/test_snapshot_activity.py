@@ -71,9 +71,11 @@ def test_spec_registers_the_activity_with_a_thread_per_slot(local_settings) -> N
     )
     spec = build_spec(settings)
     assert spec.task_queue == names.DATA_QUEUE
-    assert [activity._Definition.must_from_callable(fn).name for fn in spec.activities] == [
-        names.CREATE_DATASET_SNAPSHOT
-    ]
+    # The data worker also serves the run-claim activity (a store operation that needs no GPU).
+    assert {activity._Definition.must_from_callable(fn).name for fn in spec.activities} == {
+        names.CREATE_DATASET_SNAPSHOT,
+        names.CLAIM_RUN,
+    }
     assert spec.max_concurrent_activities == 3
     assert isinstance(spec.activity_executor, ThreadPoolExecutor)
     assert spec.activity_executor._max_workers == 3

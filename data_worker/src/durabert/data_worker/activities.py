@@ -15,10 +15,12 @@ from types import TracebackType
 from temporalio import activity
 from temporalio.exceptions import CancelledError
 
-from durabert.data_worker.snapshot import create_snapshot
+from durabert.data_worker.failures import redacted_failure
+from durabert.data_worker.snapshot import SnapshotOutcome, create_snapshot
 from durabert.shared import names
 from durabert.shared.logging import bind_run_id, get_logger
 from durabert.shared.models import DatasetSnapshotRequest, DatasetSnapshotResult
+from durabert.shared.redaction import redact
 from durabert.shared.settings import DurabertSettings
 
 log = get_logger(__name__)
@@ -79,6 +81,35 @@ def _progress(stage: str) -> None:
         raise CancelledError("snapshot cancelled")
 
 
+def _snapshot_or_redacted_failure(
+    request: DatasetSnapshotRequest, settings: DurabertSettings
+) -> SnapshotOutcome:
+    """Run the snapshot; any failure leaves as an ``ApplicationError`` without URL credentials."""
+    try:
+        return create_snapshot(request, settings, _progress)
+    except CancelledError:
+        raise  # the SDK reports a cancellation itself; it carries no message of ours
+    except Exception as exc:
+        # Every other failure is rebuilt (redacted, causes dropped, see ``failures``). This also
+        # covers a StopIteration: the SDK runs this function in an executor, a StopIteration
+        # cannot be set on the awaiting asyncio future, and the attempt would never end.
+        raise redacted_failure(exc) from None
+
+
+def _log_outcome(outcome: SnapshotOutcome) -> None:
+    result = outcome.result
+    log.info(
+        "snapshot reused" if result.cache_hit else "snapshot created",
+        snapshot_id=result.snapshot_id,
+        rows=result.num_train_samples + result.num_eval_samples,
+        train_rows=result.num_train_samples,
+        eval_rows=result.num_eval_samples,
+        seconds=round(outcome.seconds, 3),
+        cache_hit=result.cache_hit,
+        snapshot_path=result.snapshot_path,
+    )
+
+
 class SnapshotActivities:
     """Activities of the data worker, bound to the worker's settings."""
 
@@ -109,29 +140,13 @@ class SnapshotActivities:
             info = activity.info()
             log.info(
                 "snapshot started",
-                dataset_name=request.dataset_name,
+                dataset_name=redact(request.dataset_name),
                 dataset_config_name=request.dataset_config_name,
                 attempt=info.attempt,
             )
             with _BackgroundHeartbeat(heartbeat_interval(info.heartbeat_timeout)):
-                try:
-                    outcome = create_snapshot(request, self._settings, _progress)
-                except StopIteration as exc:
-                    # The SDK runs this function in an executor; a StopIteration cannot be set
-                    # on the awaiting asyncio future, so the attempt would never end and its
-                    # worker slot would be held forever. Any other exception reports normally.
-                    raise RuntimeError(f"snapshot step ended a generator early: {exc!r}") from exc
-            result = outcome.result
-            log.info(
-                "snapshot reused" if result.cache_hit else "snapshot created",
-                snapshot_id=result.snapshot_id,
-                rows=result.num_train_samples + result.num_eval_samples,
-                train_rows=result.num_train_samples,
-                eval_rows=result.num_eval_samples,
-                seconds=round(outcome.seconds, 3),
-                cache_hit=result.cache_hit,
-                snapshot_path=result.snapshot_path,
-            )
-            return result
+                outcome = _snapshot_or_redacted_failure(request, self._settings)
+            _log_outcome(outcome)
+            return outcome.result
         finally:
             bind_run_id(None)

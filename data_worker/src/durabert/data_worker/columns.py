@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from durabert.shared.errors import invalid_input
+from durabert.shared.models import DatasetSnapshotRequest
 
 MAX_LABELS = 10_000
 """Most classes a snapshot accepts: the label names travel in every run's Temporal payloads
@@ -41,6 +42,35 @@ class Fields:
     def stored(self) -> list[str]:
         """Columns of a stored split, in hashing order: text, text pair, label."""
         return [*self.texts.values(), self.label]
+
+
+def request_fields(request: DatasetSnapshotRequest) -> Fields:
+    """The request's columns, refusing one column named for two roles.
+
+    A label column that is also the text column would train the model to read its answer
+    (and turn every distinct text into a class name that travels in the run's payloads).
+
+    Args:
+        request: The snapshot request.
+
+    Returns:
+        The columns.
+
+    Raises:
+        ApplicationError: ``InvalidInputError`` naming ``label_field`` or ``text_pair_field``.
+    """
+    text, pair, label = request.text_field, request.text_pair_field, request.label_field
+    if label == text:
+        raise invalid_input(
+            f"{label!r} is also the text_field; the label must be a column of its own", field="label_field"
+        )
+    if pair is not None and pair in (text, label):
+        role = "text_field" if pair == text else "label_field"
+        raise invalid_input(
+            f"{pair!r} is also the {role}; the second text must be a column of its own",
+            field="text_pair_field",
+        )
+    return Fields(text=text, label=label, text_pair=pair)
 
 
 def _plain_string(column: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -101,6 +131,59 @@ def _label_values(column: pa.ChunkedArray, class_names: Sequence[str] | None) ->
     return pc.take(pa.array(list(class_names), pa.large_string()), ids)
 
 
+def _normalised_labels(
+    values: Mapping[str, pa.ChunkedArray], label_field: str, source: str
+) -> dict[str, pa.ChunkedArray]:
+    """Labels of every split as int64 or large_string, refusing nulls, other types and a mix."""
+    normalised: dict[str, pa.ChunkedArray] = {}
+    kinds = set()
+    for split, raw in values.items():
+        if raw.null_count:
+            raise invalid_input(
+                f"column {label_field!r} has {raw.null_count} null or missing label(s) in split "
+                f"{split!r} of {source}; every row needs a label",
+                field="label_field",
+            )
+        column = _plain_string(raw)
+        if pa.types.is_integer(column.type):
+            normalised[split], kind = column.cast(pa.int64()), "integer"
+        elif pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            normalised[split], kind = column.cast(pa.large_string()), "string"
+        else:
+            raise invalid_input(
+                f"column {label_field!r} of {source} holds {column.type} in split {split!r}; labels "
+                "must be integers or strings (a float is a regression target, not a class)",
+                field="label_field",
+            )
+        kinds.add(kind)
+    if len(kinds) > 1:
+        raise invalid_input(
+            f"column {label_field!r} of {source} mixes integer and string labels across splits",
+            field="label_field",
+        )
+    return normalised
+
+
+def _sorted_classes(values: Mapping[str, pa.ChunkedArray], label_field: str, source: str) -> list[int | str]:
+    """The distinct labels of all splits, sorted; between 2 and :data:`MAX_LABELS` of them."""
+    uniques: set[int | str] = set()
+    for column in values.values():
+        uniques.update(pc.unique(column).to_pylist())
+    if len(uniques) < 2:
+        raise invalid_input(
+            f"column {label_field!r} of {source} has {len(uniques)} class(es) "
+            f"({', '.join(map(str, sorted(uniques, key=str)))}); classification needs at least two",
+            field="label_field",
+        )
+    if len(uniques) > MAX_LABELS:
+        raise invalid_input(
+            f"column {label_field!r} of {source} has {len(uniques)} distinct labels, more than "
+            f"{MAX_LABELS:,} (is it a text column?)",
+            field="label_field",
+        )
+    return sorted(uniques)  # one kind only (checked before), so they compare
+
+
 def encode_labels(
     splits: Mapping[str, pa.Table],
     label_field: str,
@@ -125,49 +208,9 @@ def encode_labels(
         ApplicationError: ``InvalidInputError`` naming ``label_field`` for null or
             non-integer, non-string labels, or fewer than two classes.
     """
-    values = {name: _label_values(table.column(label_field), class_names) for name, table in splits.items()}
-    kinds = set()
-    for split, column in values.items():
-        if column.null_count:
-            raise invalid_input(
-                f"column {label_field!r} has {column.null_count} null or missing label(s) in split "
-                f"{split!r} of {source}; every row needs a label",
-                field="label_field",
-            )
-        column = _plain_string(column)
-        if pa.types.is_integer(column.type):
-            values[split] = column.cast(pa.int64())
-            kinds.add("integer")
-        elif pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-            values[split] = column.cast(pa.large_string())
-            kinds.add("string")
-        else:
-            raise invalid_input(
-                f"column {label_field!r} of {source} holds {column.type} in split {split!r}; labels "
-                "must be integers or strings (a float is a regression target, not a class)",
-                field="label_field",
-            )
-    if len(kinds) > 1:
-        raise invalid_input(
-            f"column {label_field!r} of {source} mixes integer and string labels across splits",
-            field="label_field",
-        )
-    uniques: set[int | str] = set()
-    for column in values.values():
-        uniques.update(pc.unique(column).to_pylist())
-    if len(uniques) < 2:
-        raise invalid_input(
-            f"column {label_field!r} of {source} has {len(uniques)} class(es) "
-            f"({', '.join(map(str, sorted(uniques, key=str)))}); classification needs at least two",
-            field="label_field",
-        )
-    if len(uniques) > MAX_LABELS:
-        raise invalid_input(
-            f"column {label_field!r} of {source} has {len(uniques)} distinct labels, more than "
-            f"{MAX_LABELS:,} (is it a text column?)",
-            field="label_field",
-        )
-    ordered = sorted(uniques)  # one kind only (checked above), so the values compare
+    raw = {name: _label_values(table.column(label_field), class_names) for name, table in splits.items()}
+    values = _normalised_labels(raw, label_field, source)
+    ordered = _sorted_classes(values, label_field, source)
     value_set = pa.array(ordered, type=next(iter(values.values())).type)
     encoded = {}
     for split, table in splits.items():

@@ -12,25 +12,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
+from temporalio.exceptions import ApplicationError
 
-from durabert.data_worker.columns import Fields, encode_labels, select_columns
+from durabert.data_worker.columns import Fields, encode_labels, request_fields, select_columns
+from durabert.data_worker.failures import redacted_failure
 from durabert.data_worker.hashing import HASH_FORMAT, content_order, snapshot_id_for, take_and_hash
-from durabert.data_worker.sources import (
-    check_dataset_path,
-    confine_data_files,
-    describe_source,
-    load_source,
-    source_field,
-)
-from durabert.data_worker.store import SPLIT_FILES, publish_snapshot
+from durabert.data_worker.sources import describe_source, load_source, resolve_source, source_field
+from durabert.data_worker.store import publish_snapshot, table_writer
 from durabert.shared.artifacts import ArtifactStore
 from durabert.shared.errors import invalid_input
 from durabert.shared.models import DatasetSnapshotRequest, DatasetSnapshotResult
+from durabert.shared.redaction import redact
 from durabert.shared.settings import DurabertSettings
+from durabert.shared.snapshot_layout import SPLIT_FILES, SnapshotFields, SnapshotManifest, SnapshotSource
 
 Progress = Callable[[str], None]
 """Called with a stage name between steps and slices of long work; may raise to stop."""
@@ -123,34 +120,139 @@ def _check_rows(table: pa.Table, split: str, request: DatasetSnapshotRequest, so
         raise invalid_input(f"split {split!r} of {source} is empty", field=field)
 
 
+@dataclass(frozen=True)
+class _Labelled:
+    """The source's rows reduced to the requested columns, labels as ids."""
+
+    tables: dict[str, pa.Table]
+    """Keyed by the source's split names (``train`` and the eval split, if any)."""
+    eval_split: str | None
+    """The source's eval split, or None when eval rows are held out of train."""
+    fields: Fields
+    """The stored columns."""
+    label_names: list[str]
+    """Sorted class names."""
+
+
+def _check_remote_code(request: DatasetSnapshotRequest, settings: DurabertSettings) -> None:
+    if request.trust_remote_code and not settings.data.allow_trust_remote_code:
+        raise invalid_input(
+            "this worker does not run dataset loading code from the hub; set "
+            "DURABERT_DATA__ALLOW_TRUST_REMOTE_CODE=true on the data worker to allow it",
+            field="trust_remote_code",
+        )
+
+
+def _load_labelled(
+    request: DatasetSnapshotRequest, settings: DurabertSettings, progress: Progress
+) -> _Labelled:
+    """Check the request, confine and load its source, keep its columns and encode its labels."""
+    _check_remote_code(request, settings)
+    fields = request_fields(request)  # before anything is read: a bad pairing needs no data
+    resolved = resolve_source(request, settings.data_roots, settings.data_dir.expanduser().resolve())
+    source = describe_source(request)
+    progress("loading")
+    loaded = load_source(request, resolved, trust_remote_code=request.trust_remote_code)
+    progress("loaded")
+    # Keyed by the source's split names, so that messages name the split the user knows.
+    raw = {"train": select_columns(loaded.train, fields, "train", source)}
+    if loaded.eval is not None and loaded.eval_split is not None:
+        raw[loaded.eval_split] = select_columns(loaded.eval, fields, loaded.eval_split, source)
+    for split, table in raw.items():
+        _check_rows(table, split, request, source)
+    tables, label_names = encode_labels(raw, fields.label, source, loaded.class_names)
+    progress("labelled")
+    return _Labelled(tables, loaded.eval_split, fields, label_names)
+
+
+def _manifest(
+    request: DatasetSnapshotRequest, labelled: _Labelled, digest: str, counts: dict[str, int]
+) -> SnapshotManifest:
+    held_out = labelled.eval_split is None
+    return SnapshotManifest(
+        format=HASH_FORMAT,
+        snapshot_id=snapshot_id_for(digest),
+        data_hash=digest,
+        snapshot_timestamp=datetime.now(UTC).isoformat(),
+        created_by_run_id=request.run_id,
+        source=SnapshotSource(
+            dataset_name=request.dataset_name,  # the model removes URL credentials
+            dataset_config_name=request.dataset_config_name,
+            data_files=request.data_files,
+            eval_split=labelled.eval_split,
+            eval_fraction=request.eval_fraction if held_out else None,
+            seed=request.seed,
+            shuffle_before_select=request.shuffle_before_select,
+            max_train_samples=request.max_train_samples,
+            max_eval_samples=request.max_eval_samples,
+        ),
+        fields=SnapshotFields(
+            text_field=labelled.fields.text,
+            text_pair_field=labelled.fields.text_pair,
+            label_field=labelled.fields.label,
+        ),
+        task_type=TASK_TYPE,
+        label_names=labelled.label_names,
+        num_train_samples=counts["train"],
+        num_eval_samples=counts["eval"],
+        files=dict(SPLIT_FILES),
+        versions=_library_versions(),
+    )
+
+
 def _result(
-    request: DatasetSnapshotRequest, manifest: dict[str, Any], path: str, cache_hit: bool
+    request: DatasetSnapshotRequest, manifest: SnapshotManifest, path: str, cache_hit: bool
 ) -> DatasetSnapshotResult:
-    fields = manifest["fields"]
+    fields = manifest.fields
     schema = {
-        "text_field": fields["text_field"],
-        "label_field": fields["label_field"],
-        "task_type": TASK_TYPE,
-        "num_labels": str(len(manifest["label_names"])),
+        "text_field": fields.text_field,
+        "label_field": fields.label_field,
+        "task_type": manifest.task_type,
+        "num_labels": str(len(manifest.label_names)),
     }
-    if fields.get("text_pair_field"):
-        schema["text_pair_field"] = fields["text_pair_field"]
+    if fields.text_pair_field:
+        schema["text_pair_field"] = fields.text_pair_field
     return DatasetSnapshotResult(
-        snapshot_id=manifest["snapshot_id"],
-        dataset_name=request.dataset_name,
+        snapshot_id=manifest.snapshot_id,
+        dataset_name=redact(request.dataset_name),
         dataset_config_name=request.dataset_config_name,
-        num_train_samples=manifest["num_train_samples"],
-        num_eval_samples=manifest["num_eval_samples"],
-        data_hash=manifest["data_hash"],
-        snapshot_timestamp=manifest["snapshot_timestamp"],
+        num_train_samples=manifest.num_train_samples,
+        num_eval_samples=manifest.num_eval_samples,
+        data_hash=manifest.data_hash,
+        snapshot_timestamp=manifest.snapshot_timestamp,
         snapshot_path=path,
-        label_names=manifest["label_names"],
-        text_field=fields["text_field"],
-        text_pair_field=fields.get("text_pair_field"),
-        label_field=fields["label_field"],
+        label_names=manifest.label_names,
+        text_field=fields.text_field,
+        text_pair_field=fields.text_pair_field,
+        label_field=fields.label_field,
         cache_hit=cache_hit,
         dataset_schema=schema,
     )
+
+
+def _build(
+    request: DatasetSnapshotRequest, settings: DurabertSettings, progress: Progress
+) -> DatasetSnapshotResult:
+    labelled = _load_labelled(request, settings, progress)
+    columns = labelled.fields.stored
+    # One chunk per column: the datasets cache holds many small record batches, and both the
+    # content keys and the takes run faster over one contiguous buffer than over many.
+    tables = {split: table.combine_chunks() for split, table in labelled.tables.items()}
+    eval_table = tables[labelled.eval_split] if labelled.eval_split is not None else None
+    source = describe_source(request)
+    train_rows, eval_rows, eval_source = split_rows(tables["train"], eval_table, request, columns, source)
+    progress("ordered")
+    splits, digest = take_and_hash(
+        {"train": (tables["train"], train_rows), "eval": (eval_source, eval_rows)},
+        columns,
+        labelled.label_names,
+        progress,
+    )
+    counts = {split: table.num_rows for split, table in splits.items()}
+    manifest = _manifest(request, labelled, digest, counts)
+    store = ArtifactStore(settings.artifact_root)
+    stored, cache_hit = publish_snapshot(store, manifest, table_writer(splits), progress)
+    return _result(request, stored, store.relative(store.snapshot_dir(stored.snapshot_id)), cache_hit)
 
 
 def create_snapshot(
@@ -168,78 +270,13 @@ def create_snapshot(
 
     Raises:
         ApplicationError: ``InvalidInputError`` naming the field for bad input,
-            ``ConfigurationError`` when the source cannot be loaded as asked.
+            ``ConfigurationError`` when the source cannot be loaded as asked. Messages never
+            hold URL credentials.
     """
     started = time.monotonic()
-    if request.trust_remote_code and not settings.data.allow_trust_remote_code:
-        raise invalid_input(
-            "this worker does not run dataset loading code from the hub; set "
-            "DURABERT_DATA__ALLOW_TRUST_REMOTE_CODE=true on the data worker to allow it",
-            field="trust_remote_code",
-        )
-    roots = settings.data_roots
-    check_dataset_path(request.dataset_name, roots)
-    data_files = confine_data_files(request, roots, settings.data_dir.expanduser().resolve())
-    source = describe_source(request)
-    progress("loading")
-    loaded = load_source(request, data_files, trust_remote_code=request.trust_remote_code)
-    progress("loaded")
-
-    fields = Fields(text=request.text_field, label=request.label_field, text_pair=request.text_pair_field)
-    # Keyed by the source's split names, so that messages name the split the user knows.
-    raw = {"train": select_columns(loaded.train, fields, "train", source)}
-    if loaded.eval is not None and loaded.eval_split is not None:
-        raw[loaded.eval_split] = select_columns(loaded.eval, fields, loaded.eval_split, source)
-    for split, table in raw.items():
-        _check_rows(table, split, request, source)
-    tables, label_names = encode_labels(raw, fields.label, source, loaded.class_names)
-    progress("labelled")
-
-    columns = fields.stored
-    # One chunk per column: the datasets cache holds many small record batches, and both the
-    # content keys and the takes run faster over one contiguous buffer than over many.
-    tables = {split: table.combine_chunks() for split, table in tables.items()}
-    eval_table = tables[loaded.eval_split] if loaded.eval_split is not None else None
-    train_rows, eval_rows, eval_source = split_rows(tables["train"], eval_table, request, columns, source)
-    progress("ordered")
-    splits, digest = take_and_hash(
-        {"train": (tables["train"], train_rows), "eval": (eval_source, eval_rows)},
-        columns,
-        label_names,
-        progress,
-    )
-    snapshot_id = snapshot_id_for(digest)
-
-    manifest = {
-        "format": HASH_FORMAT,
-        "snapshot_id": snapshot_id,
-        "data_hash": digest,
-        "snapshot_timestamp": datetime.now(UTC).isoformat(),
-        "created_by_run_id": request.run_id,
-        "source": {
-            "dataset_name": request.dataset_name,
-            "dataset_config": request.dataset_config_name,
-            "data_files": request.data_files,
-            "eval_split": loaded.eval_split,
-            "eval_fraction": None if loaded.eval_split else request.eval_fraction,
-            "seed": request.seed,
-            "shuffle_before_select": request.shuffle_before_select,
-            "max_samples": request.max_train_samples,
-            "max_eval_samples": request.max_eval_samples,
-        },
-        "fields": {
-            "text_field": fields.text,
-            "text_pair_field": fields.text_pair,
-            "label_field": fields.label,
-        },
-        "task_type": TASK_TYPE,
-        "label_names": label_names,
-        "num_train_samples": splits["train"].num_rows,
-        "num_eval_samples": splits["eval"].num_rows,
-        "files": dict(SPLIT_FILES),
-        "versions": _library_versions(),
-    }
-    store = ArtifactStore(settings.artifact_root)
-    stored, cache_hit = publish_snapshot(store, snapshot_id, splits, manifest, progress)
-    result = _result(request, stored, store.relative(store.snapshot_dir(snapshot_id)), cache_hit)
+    try:
+        result = _build(request, settings, progress)
+    except ApplicationError as exc:
+        # Loader messages and their causes may echo a data URL with its credentials.
+        raise redacted_failure(exc) from None
     return SnapshotOutcome(result=result, seconds=time.monotonic() - started)

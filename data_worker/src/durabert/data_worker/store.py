@@ -1,36 +1,39 @@
 """Writing a snapshot folder so that it is either absent or complete.
 
-Layout of ``<artifact_root>/snapshots/<snapshot_id>/``: ``train.parquet``, ``eval.parquet``
-(text column(s) by their names, label ids as int64) and ``manifest.json``. The folder is
-built under ``snapshots/.tmp-<id>-<random>/`` and renamed into place in one step, so a
+The layout and the manifest are defined in :mod:`durabert.shared.snapshot_layout`. The folder
+is built under ``snapshots/.tmp-<id>-<random>/`` and renamed into place in one step, so a
 worker killed mid-write leaves only a temporary folder that no reader looks at; a folder is
-complete only when its manifest names the expected hash and its files exist.
+complete only when its manifest validates, names the expected hash and its files exist.
 """
 
-import json
 import os
 import shutil
 import tempfile
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic import ValidationError
 
 from durabert.shared.artifacts import ArtifactStore
 from durabert.shared.errors import configuration_error
+from durabert.shared.snapshot_layout import MANIFEST_FILE, SnapshotManifest, read_manifest
 
-MANIFEST_FILE: Final = "manifest.json"
-"""The snapshot's manifest; the folder is renamed into place only after it is written."""
-SPLIT_FILES: Final = {"train": "train.parquet", "eval": "eval.parquet"}
-"""Split name to its file in a snapshot folder."""
 TEMP_PREFIX: Final = ".tmp-"
 """Prefix of folders still being written (never a valid snapshot id)."""
 
 
-def read_complete_manifest(folder: Path, data_hash: str) -> dict[str, Any] | None:
+def _valid_manifest(folder: Path) -> SnapshotManifest | None:
+    try:
+        return read_manifest(folder)
+    except (OSError, ValidationError):
+        return None
+
+
+def read_complete_manifest(folder: Path, data_hash: str) -> SnapshotManifest | None:
     """Return a snapshot folder's manifest when the folder is complete for ``data_hash``.
 
     Args:
@@ -39,26 +42,21 @@ def read_complete_manifest(folder: Path, data_hash: str) -> dict[str, Any] | Non
 
     Returns:
         The manifest, or None when the folder, its manifest or a split file is missing, the
-        manifest is unreadable, or it names another hash.
+        manifest is not a valid manifest, or it names another hash.
     """
-    try:
-        manifest: dict[str, Any] = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    manifest = _valid_manifest(folder)
+    if manifest is None or manifest.data_hash != data_hash:
         return None
-    if manifest.get("data_hash") != data_hash:
-        return None
-    if not all((folder / name).is_file() for name in SPLIT_FILES.values()):
+    if not all(manifest.split_path(folder, split).is_file() for split in ("train", "eval")):
         return None
     return manifest
 
 
 def _refuse_collision(folder: Path, snapshot_id: str, data_hash: str) -> None:
     """Refuse to replace a complete snapshot of other content that shares the id's 64 bits."""
-    try:
-        other = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8")).get("data_hash")
-    except (OSError, ValueError, AttributeError):
-        return
-    if isinstance(other, str) and other != data_hash:
+    manifest = _valid_manifest(folder)
+    other = None if manifest is None else manifest.data_hash
+    if other is not None and other != data_hash:
         raise configuration_error(
             f"snapshot id {snapshot_id} is taken by other content (hash {other}, ours {data_hash}); "
             "remove that folder or report the collision"
@@ -73,15 +71,47 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _write_folder(folder: Path, splits: Mapping[str, pa.Table], manifest: Mapping[str, Any]) -> None:
+SplitWriter = Callable[[Path, SnapshotManifest], None]
+"""Writes a snapshot's split files into a folder, at the names the manifest lists."""
+
+
+def table_writer(splits: Mapping[str, pa.Table]) -> SplitWriter:
+    """A :data:`SplitWriter` for splits already held as tables.
+
+    Args:
+        splits: ``train`` and ``eval`` tables to store.
+
+    Returns:
+        The writer.
+    """
+
+    def write(folder: Path, manifest: SnapshotManifest) -> None:
+        for split, table in splits.items():
+            pq.write_table(table, folder / manifest.files[split], compression="zstd")
+
+    return write
+
+
+def _write_folder(folder: Path, write_splits: SplitWriter, manifest: SnapshotManifest) -> None:
     """Write the split files, then the manifest, and flush them to disk."""
-    for split, table in splits.items():
-        path = folder / SPLIT_FILES[split]
-        pq.write_table(table, path, compression="zstd")
-        _fsync(path)
+    write_splits(folder, manifest)
+    for name in manifest.files.values():
+        _fsync(folder / name)
     path = folder / MANIFEST_FILE
-    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    path.write_text(manifest.to_json(), encoding="utf-8")
     _fsync(path)
+
+
+def _move_leftovers_away(final: Path, snapshot_id: str, data_hash: str) -> None:
+    """Clear the final name of an incomplete folder (never of a complete one of other content)."""
+    if not final.exists():
+        return
+    _refuse_collision(final, snapshot_id, data_hash)
+    # Incomplete leftovers (a manual copy, a foreign writer): move them out of the way in one
+    # rename so no reader sees a mix, then delete them.
+    stale = final.parent / f"{TEMP_PREFIX}stale-{snapshot_id}-{uuid.uuid4().hex[:8]}"
+    os.rename(final, stale)
+    shutil.rmtree(stale, ignore_errors=True)
 
 
 def _rename_into_place(temporary: Path, final: Path) -> None:
@@ -90,43 +120,48 @@ def _rename_into_place(temporary: Path, final: Path) -> None:
     _fsync(final.parent)
 
 
+def existing_snapshot(store: ArtifactStore, manifest: SnapshotManifest) -> SnapshotManifest | None:
+    """The complete snapshot already stored for this manifest's content, if any.
+
+    Args:
+        store: The artifact store.
+        manifest: The manifest of the snapshot about to be written.
+
+    Returns:
+        The stored snapshot's manifest, or None when none is complete.
+    """
+    return read_complete_manifest(store.snapshot_dir(manifest.snapshot_id), manifest.data_hash)
+
+
 def publish_snapshot(
     store: ArtifactStore,
-    snapshot_id: str,
-    splits: Mapping[str, pa.Table],
-    manifest: Mapping[str, Any],
+    manifest: SnapshotManifest,
+    write_splits: SplitWriter,
     progress: Callable[[str], None],
-) -> tuple[dict[str, Any], bool]:
+) -> tuple[SnapshotManifest, bool]:
     """Write a snapshot under a temporary name and rename it into place, unless it exists.
 
     Args:
         store: The artifact store.
-        snapshot_id: The snapshot id (the folder name).
-        splits: ``train`` and ``eval`` tables to store.
-        manifest: The manifest to write; must hold ``data_hash``.
-        progress: Called between files.
+        manifest: The manifest to write (its ``snapshot_id`` names the folder).
+        write_splits: Writes the split files into the temporary folder.
+        progress: Called between steps.
 
     Returns:
         The manifest of the published snapshot (another worker's, if it won a race) and
         whether an existing snapshot was reused.
     """
-    final = store.snapshot_dir(snapshot_id)
-    data_hash = str(manifest["data_hash"])
-    existing = read_complete_manifest(final, data_hash)
+    existing = existing_snapshot(store, manifest)
     if existing is not None:
         return existing, True
+    snapshot_id, data_hash = manifest.snapshot_id, manifest.data_hash
+    final = store.snapshot_dir(snapshot_id)
     final.parent.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{snapshot_id}-", dir=final.parent))
     try:
-        _write_folder(temporary, splits, manifest)
+        _write_folder(temporary, write_splits, manifest)
         progress("written")
-        if final.exists():
-            _refuse_collision(final, snapshot_id, data_hash)
-            # Incomplete leftovers (a manual copy, a foreign writer): move them out of the way
-            # in one rename so no reader sees a mix, then delete them.
-            stale = final.parent / f"{TEMP_PREFIX}stale-{snapshot_id}-{uuid.uuid4().hex[:8]}"
-            os.rename(final, stale)
-            shutil.rmtree(stale, ignore_errors=True)
+        _move_leftovers_away(final, snapshot_id, data_hash)
         try:
             _rename_into_place(temporary, final)
         except OSError:
@@ -137,4 +172,4 @@ def publish_snapshot(
             return winner, True
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
-    return dict(manifest), False
+    return manifest, False

@@ -1,7 +1,8 @@
 """Loading a dataset snapshot from the artifact store and tokenizing it in batches.
 
-Training reads only the snapshot the data worker froze (``train.parquet``, ``eval.parquet``,
-``manifest.json``), never the raw source, so every attempt of a run sees the same rows.
+Training reads only the snapshot the data worker froze, never the raw source, so every attempt
+of a run sees the same rows. The folder's layout and its manifest are defined once, in
+:mod:`durabert.shared.snapshot_layout`, for the writer and this reader alike.
 """
 
 import hashlib
@@ -12,14 +13,10 @@ from typing import TYPE_CHECKING, Any
 from durabert.shared.artifacts import ArtifactStore
 from durabert.shared.errors import configuration_error, not_found
 from durabert.shared.models import DatasetSnapshotResult
+from durabert.shared.snapshot_layout import MANIFEST_FILE, SPLIT_FILES
 
 if TYPE_CHECKING:
     from datasets import Dataset
-
-SPLIT_FILES = {"train": "train.parquet", "eval": "eval.parquet"}
-"""Split name to file inside a snapshot folder."""
-MANIFEST_FILE = "manifest.json"
-"""The snapshot's manifest, written last by the data worker."""
 
 
 @dataclass(frozen=True)
