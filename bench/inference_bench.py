@@ -31,8 +31,8 @@ def publish_model(root: Path, run_id: str) -> Path:
     """Write MiniLM with a 2-label head as a finished run's model folder."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from durabert.gpu_worker.model_folder import MODEL_MANIFEST
     from durabert.gpu_worker.model_source import packaged_minilm_path
-    from durabert.gpu_worker.training import MODEL_MANIFEST
     from durabert.shared.artifacts import ArtifactStore, write_json_atomic
 
     folder = ArtifactStore(root).model_dir(run_id)

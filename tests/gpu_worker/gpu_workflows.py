@@ -1,22 +1,20 @@
-"""A tiny workflow that runs the real ``fine_tune_bert`` and records its signals, for worker tests."""
+"""A tiny workflow that runs the real ``fine_tune_bert`` with a server-side retry policy, for worker tests."""
 
 from datetime import timedelta
 
 from temporalio import workflow
+from temporalio.client import WorkflowHandle
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from durabert.shared import activities, names
     from durabert.shared.errors import NON_RETRYABLE_ERROR_TYPES
-    from durabert.shared.models import BertFineTuneRequest, BertFineTuneResult, CheckpointInfo
+    from durabert.shared.models import BertFineTuneRequest, BertFineTuneResult, TrainingHeartbeat
 
 
 @workflow.defn(name="GpuTestTrainingWorkflow")
 class GpuTestTrainingWorkflow:
-    """Runs one fine-tuning activity on a given queue; keeps every ``update_checkpoint`` signal."""
-
-    def __init__(self) -> None:
-        self.signals: list[CheckpointInfo] = []
+    """Runs one fine-tuning activity on a given queue."""
 
     @workflow.run
     async def run(
@@ -35,10 +33,12 @@ class GpuTestTrainingWorkflow:
             ),
         )
 
-    @workflow.signal(name=names.UPDATE_CHECKPOINT_SIGNAL)
-    def update_checkpoint(self, info: CheckpointInfo) -> None:
-        self.signals.append(info)
 
-    @workflow.query(name="signals")
-    def get_signals(self) -> list[CheckpointInfo]:
-        return self.signals
+async def pending_heartbeat(client, handle: WorkflowHandle) -> TrainingHeartbeat | None:
+    """The live heartbeat of the workflow's pending fine-tuning activity, read with ``describe``."""
+    description = await handle.describe()
+    for pending in description.raw_description.pending_activities:
+        if pending.activity_type.name == names.FINE_TUNE_BERT and pending.heartbeat_details.payloads:
+            values = await client.data_converter.decode(pending.heartbeat_details.payloads)
+            return TrainingHeartbeat.model_validate(values[0])
+    return None

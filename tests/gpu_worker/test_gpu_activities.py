@@ -1,7 +1,8 @@
 """The activities through ActivityEnvironment: cancel and worker shutdown stop training after a checkpoint."""
 
 import asyncio
-import dataclasses
+import multiprocessing
+import threading
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from temporalio.testing import ActivityEnvironment
 from durabert.gpu_worker import checkpoints
 from durabert.gpu_worker.activities import GpuActivities
 from durabert.shared.artifacts import ArtifactStore
-from durabert.shared.models import DEFAULT_MODEL_NAME, BertInferenceRequest
+from durabert.shared.models import DEFAULT_MODEL_NAME, BertInferenceRequest, TrainingHeartbeat
 from durabert.shared.settings import DurabertSettings
 
 LONG = {"max_steps": 5000, "checkpoint_steps": 4}
@@ -28,13 +29,19 @@ def process_gone(pid: int) -> bool:
 
 
 async def start_and_wait_for_checkpoint(env: ActivityEnvironment, activities: GpuActivities, request):
-    beats: list[dict] = []
-    env.on_heartbeat = lambda *details: beats.append(details[0])
+    beats: list[TrainingHeartbeat] = []
+    env.on_heartbeat = lambda *details: beats.append(TrainingHeartbeat.model_validate(details[0]))
     task = asyncio.create_task(env.run(activities.fine_tune_bert, request))
-    while not any(beat.get("checkpoint") for beat in beats):
+    while not any(beat.latest_checkpoint for beat in beats):
         assert not task.done(), f"activity ended early: {task.exception()!r}"
         await asyncio.sleep(0.05)
     return task, beats
+
+
+def child_pid(beats: list[TrainingHeartbeat]) -> int:
+    pids = {beat.pid for beat in beats if beat.pid is not None}
+    assert len(pids) == 1, f"expected one training child, heartbeats named {pids}"
+    return pids.pop()
 
 
 async def test_cancel_stops_training_with_a_complete_checkpoint(tmp_path, tiny_model_dir):
@@ -45,14 +52,16 @@ async def test_cancel_stops_training_with_a_complete_checkpoint(tmp_path, tiny_m
     task, beats = await start_and_wait_for_checkpoint(
         env, activities, make_request(tiny_model_dir, snapshot, **LONG)
     )
+    pid = child_pid(beats)
+    assert not process_gone(pid), "the child should be training until the cancel"
     env.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     newest = checkpoints.newest_complete(ArtifactStore(root).checkpoints_dir("run-1"))
     assert newest is not None
     assert newest.step < LONG["max_steps"], "training ran to the end instead of stopping"
-    assert newest.step >= max(beat["step"] for beat in beats if beat.get("checkpoint"))
-    assert process_gone(beats[0]["pid"])
+    assert newest.step >= max(beat.latest_checkpoint.step for beat in beats if beat.latest_checkpoint)
+    assert process_gone(pid)
     assert not ArtifactStore(root).model_dir("run-1").exists()
 
 
@@ -63,24 +72,68 @@ async def test_worker_shutdown_checkpoints_fails_retryably_and_the_retry_resumes
     request = make_request(tiny_model_dir, snapshot, max_steps=200, checkpoint_steps=20)
     env = ActivityEnvironment()
     task, beats = await start_and_wait_for_checkpoint(env, activities, request)
+    pid = child_pid(beats)
     env.worker_shutdown()
     with pytest.raises(ApplicationError) as info:
         await task
     assert info.value.type == "WorkerPreemptedError"
     assert not info.value.non_retryable
-    stopped_at = info.value.details[0]
-    saved = ArtifactStore(root).resolve(stopped_at["checkpoint"])
-    assert checkpoints.is_complete(saved)
-    assert process_gone(beats[0]["pid"])
+    # The failure carries the heartbeat: the workflow resumes the next attempt from its checkpoint.
+    stopped_at = TrainingHeartbeat.model_validate(info.value.details[0]).latest_checkpoint
+    assert stopped_at is not None
+    assert stopped_at.step > beats[-1].latest_checkpoint.step or stopped_at == beats[-1].latest_checkpoint
+    assert checkpoints.is_complete(ArtifactStore(root).resolve(stopped_at.path), content=True)
+    assert process_gone(pid)
 
-    # The next attempt gets the last heartbeat back (as a dict) and resumes from the saved checkpoint.
-    retry = ActivityEnvironment()
-    retry.info = dataclasses.replace(retry.info, attempt=2, heartbeat_details=[beats[-1]])
-    result = await retry.run(activities.fine_tune_bert, request)
-    assert result.resumed_from_step == stopped_at["step"]
+    retry = request.model_copy(update={"attempt": 2, "resume_from_checkpoint": stopped_at.path})
+    result = await ActivityEnvironment().run(activities.fine_tune_bert, retry)
+    assert result.resumed_from_step == stopped_at.step
     assert result.global_step == 200
     assert result.attempts == 2
     assert (root / result.model_path / "config.json").is_file()
+
+
+def hang_after_step(steps: int):
+    """Make ``Trainer.training_step`` hang forever after ``steps`` steps (in a forked child)."""
+    import transformers
+
+    original = transformers.Trainer.training_step
+
+    def training_step(self, *args, **kwargs):
+        if self.state.global_step >= steps:
+            threading.Event().wait()  # a deadlocked data loader or a hung CUDA call
+        return original(self, *args, **kwargs)
+
+    return training_step
+
+
+async def test_a_stalled_child_is_killed_and_the_retry_resumes(tmp_path, tiny_model_dir, monkeypatch):
+    import transformers
+
+    root = tmp_path / "artifacts"
+    snapshot = write_snapshot(root, train_rows=128)
+    # A forked child inherits the patched Trainer: it hangs after its first checkpoint (step 4).
+    monkeypatch.setattr(transformers.Trainer, "training_step", hang_after_step(6))
+    hanging = GpuActivities(gpu_settings(root, tmp_path), child_context=multiprocessing.get_context("fork"))
+    request = make_request(tiny_model_dir, snapshot, max_steps=16, stall_timeout_seconds=10)
+    beats: list[TrainingHeartbeat] = []
+    env = ActivityEnvironment()
+    env.on_heartbeat = lambda *details: beats.append(TrainingHeartbeat.model_validate(details[0]))
+    with pytest.raises(ApplicationError) as info:
+        await env.run(hanging.fine_tune_bert, request)
+    assert info.value.type == "TrainingStalledError"
+    assert not info.value.non_retryable
+    assert "phase 'training'" in info.value.message
+    assert process_gone(child_pid(beats))
+    stalled = TrainingHeartbeat.model_validate(info.value.details[0])
+    assert stalled.step == 6
+    assert stalled.latest_checkpoint.step == 4
+
+    monkeypatch.undo()
+    retry = request.model_copy(update={"attempt": 2, "resume_from_checkpoint": stalled.latest_checkpoint.path})
+    result = await ActivityEnvironment().run(GpuActivities(gpu_settings(root, tmp_path)).fine_tune_bert, retry)
+    assert result.resumed_from_step == 4
+    assert result.global_step == 16
 
 
 async def test_configuration_errors_fail_before_a_child_starts(tmp_path):

@@ -1,4 +1,4 @@
-"""Complete-checkpoint bookkeeping: numeric order, half-written folders skipped and removed, rotation."""
+"""Complete-checkpoint bookkeeping: numeric order, half-written or altered folders skipped, publishing, rotation."""
 
 from pathlib import Path
 
@@ -8,9 +8,9 @@ from durabert.gpu_worker import checkpoints
 def make(directory: Path, step: int, complete: bool = True) -> Path:
     path = directory / f"checkpoint-{step}"
     path.mkdir(parents=True)
-    (path / "model.safetensors").write_bytes(b"x")
+    (path / "model.safetensors").write_bytes(f"weights of step {step}".encode())
     if complete:
-        checkpoints.mark_complete(path, step, attempt=1)
+        checkpoints.mark_complete(path, step, {"seq": 1, "attempt": 1})
     return path
 
 
@@ -54,9 +54,34 @@ def test_rotation_keeps_newest_complete_and_never_touches_incomplete(tmp_path):
     assert [c.step for c in checkpoints.list_checkpoints(tmp_path)] == [4, 6, 8]
 
 
-def test_unmark_makes_a_folder_incomplete_before_it_is_rewritten(tmp_path):
+def test_same_size_other_content_is_not_complete_and_resume_falls_back(tmp_path):
+    make(tmp_path, 4)
+    newest = make(tmp_path, 8)
+    # Another writer's file of the same size (the race the size-only check accepted).
+    weights = newest / "model.safetensors"
+    weights.write_bytes(weights.read_bytes().replace(b"8", b"9"))
+    assert checkpoints.is_complete(newest)  # sizes still match ...
+    assert not checkpoints.is_complete(newest, content=True)  # ... the content does not
+    assert "SHA-256" in checkpoints.damage(newest, content=True)
+    chosen = checkpoints.choose_resume_checkpoint(tmp_path, requested=None)
+    assert chosen.step == 4
+    assert not newest.exists()
+
+
+def test_marker_names_the_writer(tmp_path):
     path = make(tmp_path, 4)
-    checkpoints.unmark(path)
-    checkpoints.unmark(tmp_path / "checkpoint-99")  # missing folders are fine
-    assert not checkpoints.is_complete(path)
-    assert checkpoints.newest_complete(tmp_path) is None
+    assert checkpoints.writer_of(path) == {"seq": 1, "attempt": 1}
+
+
+def test_publish_moves_a_whole_folder_and_keeps_an_existing_complete_one(tmp_path):
+    staged = make(tmp_path / "staging", 4)
+    published = checkpoints.publish(staged, tmp_path / "checkpoints")
+    assert published == tmp_path / "checkpoints" / "checkpoint-4"
+    assert checkpoints.is_complete(published, content=True)
+    assert not staged.exists()
+    again = make(tmp_path / "staging", 4)
+    (again / "model.safetensors").write_bytes(b"another writer")
+    checkpoints.mark_complete(again, 4, {"seq": 2, "attempt": 2})
+    assert checkpoints.publish(again, tmp_path / "checkpoints") is None
+    assert checkpoints.writer_of(published) == {"seq": 1, "attempt": 1}
+    assert not again.exists()

@@ -10,7 +10,8 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from durabert.gpu_worker.activities import GpuActivities
-from durabert.gpu_worker.training import MODEL_MANIFEST, run_training
+from durabert.gpu_worker.model_folder import MODEL_MANIFEST
+from durabert.gpu_worker.training import run_training
 from durabert.shared.artifacts import ArtifactStore
 from durabert.shared.models import BertInferenceRequest
 from durabert.shared.settings import DurabertSettings

@@ -10,7 +10,10 @@ from temporalio.exceptions import ApplicationError
 from durabert.gpu_worker import checkpoints
 from durabert.gpu_worker.events import CheckpointEvent, DoneEvent
 from durabert.gpu_worker.supervisor import ChildExited, TrainingChild
-from durabert.gpu_worker.training import MODEL_MANIFEST, load_model_and_tokenizer, run_training
+from durabert.gpu_worker.events import TrainingStopped
+from durabert.gpu_worker.model_folder import MODEL_MANIFEST
+from durabert.gpu_worker.model_loading import load_model_and_tokenizer
+from durabert.gpu_worker.training import run_training
 from durabert.shared.artifacts import ArtifactStore
 from durabert.shared.settings import DurabertSettings
 
@@ -95,8 +98,9 @@ def test_stop_request_saves_a_checkpoint_and_returns_early(tmp_path, tiny_model_
         if getattr(event, "kind", None) == "progress" and event.step >= 3:
             stop.set()
 
-    outcome = run_training(make_job(request, settings_for(tmp_path, tmp_path)), emit, stop)
-    assert outcome.kind == "stopped"
+    with pytest.raises(TrainingStopped) as stopped:
+        run_training(make_job(request, settings_for(tmp_path, tmp_path)), emit, stop)
+    outcome = stopped.value
     assert outcome.checkpoint is not None
     saved = ArtifactStore(tmp_path).resolve(outcome.checkpoint)
     assert checkpoints.is_complete(saved)

@@ -1,15 +1,19 @@
-"""Complete-checkpoint bookkeeping: a marker written last, numeric ordering, rotation.
+"""Complete-checkpoint bookkeeping: a marker written last, numeric ordering, publishing, rotation.
 
-The Trainer writes a ``checkpoint-<step>`` folder file by file; a process killed in the
-middle leaves a folder that looks like a checkpoint but is not one. durabert writes
-:data:`COMPLETE_MARKER` atomically into the folder after the Trainer's ``on_save`` (which
-fires once every file is written) and treats only marked folders as checkpoints. The
-marker lists every file with its size: a marked folder whose files were later truncated or
-deleted (a disk fault, a careless copy) is not complete either, so a resume falls back to
-the next older checkpoint instead of crashing on a torn ``optimizer.pt``.
+The Trainer writes a ``checkpoint-<step>`` folder file by file into the attempt's private
+staging folder; a process killed in the middle leaves a folder that looks like a checkpoint
+but is not one. Once the Trainer's ``on_save`` fires (every file written), durabert writes
+:data:`COMPLETE_MARKER` atomically into the folder and then renames the whole folder into the
+run's ``checkpoints/`` (:func:`publish`): readers there only ever see whole checkpoints, and
+two attempts can never mix their files in one folder. The marker names the attempt that
+wrote it and lists every file with its size and SHA-256: a resume verifies the content, so a
+folder whose files were truncated, replaced or mixed afterwards is not complete, and the
+resume falls back to the next older checkpoint instead of crashing on a torn ``optimizer.pt``.
 """
 
+import hashlib
 import json
+import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -38,7 +42,7 @@ class Checkpoint:
 
     @property
     def complete(self) -> bool:
-        """Whether the completion marker exists and every file it lists is intact."""
+        """Whether the completion marker exists and every file it lists has its recorded size."""
         return is_complete(self.path)
 
 
@@ -55,24 +59,46 @@ def checkpoint_step(path: Path) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _file_sizes(path: Path) -> dict[str, int]:
-    """Sizes of the checkpoint's own files (not the marker, not temporary files)."""
-    return {
-        child.name: child.stat().st_size
+def _sha256(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _own_files(path: Path) -> list[Path]:
+    """The checkpoint's own files (not the marker, not temporary files)."""
+    return [
+        child
         for child in sorted(path.iterdir())
         if child.is_file() and child.name != COMPLETE_MARKER and not child.name.startswith(".")
-    }
+    ]
 
 
-def damage(path: Path) -> str | None:
+def _problem(path: Path, name: str, entry: Any, content: bool) -> str | None:
+    """What is wrong with one listed file (size always, SHA-256 when ``content``), if anything."""
+    # Markers written before content checks list a bare size.
+    size, digest = (entry.get("size"), entry.get("sha256")) if isinstance(entry, dict) else (entry, None)
+    try:
+        actual = (path / name).stat().st_size
+    except OSError:
+        return f"{name} is missing"
+    if actual == 0 or actual != size:
+        return f"{name} has {actual} bytes, {size} were written"
+    if content and digest is not None and _sha256(path / name) != digest:
+        return f"{name} has other content than was written (SHA-256 differs)"
+    return None
+
+
+def damage(path: Path, *, content: bool = False) -> str | None:
     """Say what is wrong with a marked checkpoint's files, if anything.
 
     Args:
         path: A checkpoint folder with a completion marker.
+        content: Also compare every file's SHA-256 with the marker's (reads every byte:
+            done for the checkpoint a resume is about to load).
 
     Returns:
-        None when every file the marker lists exists with its recorded size (and is not
-        empty), else a short description of the first problem found.
+        None when every file the marker lists is intact, else a short description of the
+        first problem found.
     """
     try:
         marker = json.loads((path / COMPLETE_MARKER).read_text(encoding="utf-8"))
@@ -83,26 +109,41 @@ def damage(path: Path) -> str | None:
         return None  # a marker from before file lists: trust it as before
     if not files:
         return "the marker lists no files"
-    for name, size in files.items():
-        try:
-            actual = (path / name).stat().st_size
-        except OSError:
-            return f"{name} is missing"
-        if actual == 0 or actual != size:
-            return f"{name} has {actual} bytes, {size} were written"
+    for name, entry in files.items():
+        problem = _problem(path, name, entry, content)
+        if problem is not None:
+            return problem
     return None
 
 
-def is_complete(path: Path) -> bool:
+def is_complete(path: Path, *, content: bool = False) -> bool:
     """Whether a checkpoint folder carries the completion marker and its files are intact.
+
+    Args:
+        path: A checkpoint folder.
+        content: Verify file contents (SHA-256), not only sizes.
+
+    Returns:
+        True when the folder is a complete checkpoint.
+    """
+    return (path / COMPLETE_MARKER).is_file() and damage(path, content=content) is None
+
+
+def writer_of(path: Path) -> dict[str, Any] | None:
+    """The attempt that wrote a complete checkpoint, as its marker records it.
 
     Args:
         path: A checkpoint folder.
 
     Returns:
-        True when the folder is a complete checkpoint.
+        The marker's ``writer`` (fence fields and attempt), or None when unrecorded.
     """
-    return (path / COMPLETE_MARKER).is_file() and damage(path) is None
+    try:
+        marker = json.loads((path / COMPLETE_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    writer = marker.get("writer") if isinstance(marker, dict) else None
+    return writer if isinstance(writer, dict) else None
 
 
 def list_checkpoints(directory: Path) -> list[Checkpoint]:
@@ -124,33 +165,51 @@ def list_checkpoints(directory: Path) -> list[Checkpoint]:
     return sorted(found, key=lambda checkpoint: checkpoint.step)
 
 
-def mark_complete(path: Path, step: int, attempt: int) -> None:
+def mark_complete(path: Path, step: int, writer: dict[str, Any]) -> None:
     """Write the completion marker into a fully written checkpoint folder.
 
     Args:
         path: The checkpoint folder the Trainer has just finished.
         step: Its global step.
-        attempt: The activity attempt that wrote it.
+        writer: The attempt that wrote it (its fence fields and attempt number).
     """
     write_json_atomic(
         path / COMPLETE_MARKER,
         {
             "step": step,
-            "attempt": attempt,
+            "writer": writer,
             "completed_at": datetime.now(UTC).isoformat(),
             # What "complete" means, checked on every resume (see damage()).
-            "files": _file_sizes(path),
+            "files": {
+                child.name: {"size": child.stat().st_size, "sha256": _sha256(child)}
+                for child in _own_files(path)
+            },
         },
     )
 
 
-def unmark(path: Path) -> None:
-    """Remove a checkpoint's completion marker before the folder is written again.
+def publish(staged: Path, directory: Path) -> Path | None:
+    """Move a complete, staged checkpoint folder into the run's checkpoints folder in one rename.
+
+    Call it under the run's fence (:meth:`~durabert.gpu_worker.fencing.RunFence.guard`).
 
     Args:
-        path: A checkpoint folder (may not exist).
+        staged: A marked ``checkpoint-<step>`` folder in the attempt's staging folder.
+        directory: The run's ``checkpoints/`` folder (same file system).
+
+    Returns:
+        The published folder, or None when a complete checkpoint of that step was already
+        there (an earlier attempt reached the same step): it is kept, the staged copy dropped.
     """
-    (path / COMPLETE_MARKER).unlink(missing_ok=True)
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / staged.name
+    if is_complete(target):
+        shutil.rmtree(staged, ignore_errors=True)
+        return None
+    if target.exists():
+        shutil.rmtree(target)  # a folder of the old layout, never marked: not a checkpoint
+    os.replace(staged, target)
+    return target
 
 
 def remove_incomplete(directory: Path) -> list[Path]:
@@ -202,23 +261,37 @@ def newest_complete(directory: Path) -> Checkpoint | None:
 def choose_resume_checkpoint(directory: Path, requested: Path | None) -> Checkpoint | None:
     """Pick the checkpoint to resume from after clearing out incomplete ones.
 
+    Call it after the attempt took the run folder over, so no other attempt changes it.
+    The chosen checkpoint's content is verified (SHA-256 against its marker); a damaged one
+    is removed and the next older complete one is tried.
+
     Args:
         directory: The run's checkpoints folder.
         requested: A checkpoint the caller knows of (the workflow's latest), if any.
 
     Returns:
-        The newest complete checkpoint among the run folder's and the requested one
-        (the requested one wins only when complete and at least as new), or None.
+        The newest intact checkpoint among the run folder's and the requested one, or None.
     """
     remove_incomplete(directory)
-    best = newest_complete(directory)
+    candidates = [checkpoint for checkpoint in list_checkpoints(directory) if checkpoint.complete]
     if requested is not None:
         step = checkpoint_step(requested)
         if step is None or not requested.is_dir() or not is_complete(requested):
             log.warning("ignoring requested checkpoint: not a complete checkpoint", path=str(requested))
-        elif best is None or step > best.step:
-            best = Checkpoint(step, requested)
-    return best
+        elif requested.resolve() not in {checkpoint.path.resolve() for checkpoint in candidates}:
+            candidates.append(Checkpoint(step, requested))
+    for checkpoint in sorted(candidates, key=lambda candidate: candidate.step, reverse=True):
+        problem = damage(checkpoint.path, content=True)
+        if problem is None:
+            return checkpoint
+        log.warning(
+            "removing damaged checkpoint (its content changed after it was written); trying an older one",
+            path=str(checkpoint.path),
+            step=checkpoint.step,
+            problem=problem,
+        )
+        shutil.rmtree(checkpoint.path, ignore_errors=True)
+    return None
 
 
 def rotate(directory: Path, keep: int) -> list[Path]:

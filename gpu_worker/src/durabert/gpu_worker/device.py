@@ -9,21 +9,21 @@ from typing import Literal
 
 from temporalio.exceptions import ApplicationError
 
+from durabert.shared.errors import ErrorType, retryable_error
+
 Device = Literal["cuda", "mps", "cpu"]
 """A device durabert trains or infers on."""
 DevicePreference = Literal["auto", "cuda", "mps", "cpu"]
 """The worker's ``DURABERT_GPU__DEVICE`` setting."""
 Precision = Literal["bf16", "fp16", "fp32"]
 """Numeric precision of training."""
-DEVICE_UNAVAILABLE = "DeviceUnavailableError"
-"""Error type when a worker forced to a device lacks it: retried, since another worker may have it."""
 
 
 def _unavailable(device: str) -> ApplicationError:
-    return ApplicationError(
+    return retryable_error(
+        ErrorType.DEVICE_UNAVAILABLE,
         f"DURABERT_GPU__DEVICE is {device!r} but this worker has no such device (driver missing or the "
         "device is not visible to the container); the attempt is retried, maybe on another worker",
-        type=DEVICE_UNAVAILABLE,
     )
 
 

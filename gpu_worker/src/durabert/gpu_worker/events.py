@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from durabert.shared.models import BertFineTuneRequest, BertFineTuneResult
+from durabert.shared.models import BertFineTuneRequest, BertFineTuneResult, TrainingPhase
 from durabert.shared.settings import DurabertSettings
 
 STOP_MESSAGE = "stop"
@@ -26,10 +26,27 @@ class StartedEvent(_Event):
     """Event discriminator."""
     resumed_from_step: int | None
     """Step of the checkpoint resumed from, or None for a fresh start."""
+    resumed_from: str | None = None
+    """That checkpoint's folder relative to the artifact root."""
     max_steps: int
     """Planned total optimizer steps."""
     num_parameters: int
     """Trainable parameters."""
+
+
+class PulseEvent(_Event):
+    """The child is alive: a new phase began, or a step or evaluation batch finished (throttled).
+
+    The parent's stall watchdog measures silence between events; this is what keeps a
+    healthy child from looking stalled between loss logs.
+    """
+
+    kind: Literal["pulse"] = "pulse"
+    """Event discriminator."""
+    phase: TrainingPhase
+    """What the child is doing now."""
+    step: int = 0
+    """Global optimizer step (0 before training)."""
 
 
 class ProgressEvent(_Event):
@@ -65,7 +82,7 @@ class CheckpointEvent(_Event):
 
 
 class StoppedEvent(_Event):
-    """Training stopped early on request, after saving a checkpoint."""
+    """Training stopped early on request, after saving a checkpoint (see ``TrainingStopped``)."""
 
     kind: Literal["stopped"] = "stopped"
     """Event discriminator."""
@@ -98,12 +115,31 @@ class ErrorEvent(_Event):
 
 
 TrainingEvent = Annotated[
-    StartedEvent | ProgressEvent | CheckpointEvent | StoppedEvent | DoneEvent | ErrorEvent,
+    StartedEvent | PulseEvent | ProgressEvent | CheckpointEvent | StoppedEvent | DoneEvent | ErrorEvent,
     Field(discriminator="kind"),
 ]
 """Any event the training child sends."""
 EVENT_ADAPTER: TypeAdapter[TrainingEvent] = TypeAdapter(TrainingEvent)
 """Parses an event from its JSON line."""
+
+
+class TrainingStopped(Exception):  # an outcome, not an error
+    """Raised by training when it stopped on request after saving a checkpoint."""
+
+    def __init__(self, step: int, checkpoint: str | None) -> None:
+        """Record where training stopped.
+
+        Args:
+            step: Global step reached.
+            checkpoint: Checkpoint saved at the stop, relative to the artifact root.
+        """
+        super().__init__(f"stopped at step {step}")
+        self.step = step
+        self.checkpoint = checkpoint
+
+    def event(self) -> StoppedEvent:
+        """The pipe message that tells the parent."""
+        return StoppedEvent(step=self.step, checkpoint=self.checkpoint)
 
 
 class TrainJob(BaseModel):
@@ -118,6 +154,4 @@ class TrainJob(BaseModel):
     device: Literal["cuda", "mps", "cpu"]
     """Device chosen by the worker."""
     attempt: int = Field(default=1, ge=1)
-    """Activity attempt number."""
-    resume_hint: str | None = None
-    """A checkpoint (relative to the artifact root) known from the last heartbeat, if any."""
+    """Attempt number as counted by the workflow."""

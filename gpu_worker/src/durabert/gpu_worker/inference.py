@@ -1,6 +1,6 @@
 """Inference with finished models kept warm in a small LRU cache (no Temporal here).
 
-The seed loaded the model for every call; here a model is loaded once per
+The original design loaded the model for every call; here a model is loaded once per
 (run, model version, device) and reused until the cache evicts it. The version is the
 run manifest's modification time, so a retrained run's new model replaces the old one.
 """
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from durabert.gpu_worker.device import Device
-from durabert.gpu_worker.training import MODEL_MANIFEST
+from durabert.gpu_worker.model_folder import model_version
 from durabert.shared.artifacts import ArtifactStore
 from durabert.shared.errors import not_found
 from durabert.shared.logging import get_logger
@@ -67,9 +67,8 @@ class ModelCache:
         Raises:
             ApplicationError: ``ArtifactNotFoundError`` when the run has no finished model.
         """
-        manifest = self.store.model_dir(run_id) / MODEL_MANIFEST
         try:
-            version = manifest.stat().st_mtime_ns
+            version = model_version(self.store.model_dir(run_id))
         except FileNotFoundError:
             raise not_found(
                 f"run_id: run {run_id!r} has no finished model at {self.store.model_dir(run_id)} "

@@ -15,9 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from temporalio.exceptions import ApplicationError
-
-from durabert.shared.errors import ErrorType
+from durabert.shared.errors import ErrorType, retryable_error
 
 STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO})
 """``OSError`` numbers that always mean the store cannot take the write."""
@@ -105,9 +103,9 @@ def storage_guard(directory: Path, needed_bytes: int, what: str) -> Iterator[Non
             reason = diagnose(directory, needed_bytes)
         if reason is None:
             raise
-        raise ApplicationError(
+        raise retryable_error(
+            ErrorType.ARTIFACT_STORE,
             f"artifact store: cannot write {what} under {directory}: {reason}. Earlier complete "
             "checkpoints are untouched; free space or fix permissions and the retry resumes from "
             "the newest one",
-            type=ErrorType.ARTIFACT_STORE,
         ) from exc

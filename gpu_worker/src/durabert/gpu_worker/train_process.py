@@ -37,10 +37,16 @@ from transformers.models.bert import modeling_bert  # noqa: F401  # isort: skip
 # (pyplot picks no backend on import; ``history.plot_loss_curve`` selects Agg before drawing.)
 import matplotlib.pyplot  # noqa: F401  # isort: skip
 
-from durabert.gpu_worker.events import STOP_MESSAGE, DoneEvent, ErrorEvent, TrainingEvent, TrainJob
+from durabert.gpu_worker.events import (
+    STOP_MESSAGE,
+    DoneEvent,
+    ErrorEvent,
+    TrainingEvent,
+    TrainingStopped,
+    TrainJob,
+)
 from durabert.gpu_worker.training import run_training
 from durabert.shared.logging import configure_logging, get_logger
-from durabert.shared.models import BertFineTuneResult
 
 log = get_logger(__name__)
 
@@ -83,8 +89,9 @@ def child_main(job_json: str, events: Connection, control: Connection) -> None:
             stop.set()
 
     try:
-        outcome = run_training(job, emit, stop)
-        emit(DoneEvent(result=outcome) if isinstance(outcome, BertFineTuneResult) else outcome)
+        emit(DoneEvent(result=run_training(job, emit, stop)))
+    except TrainingStopped as stopped:
+        emit(stopped.event())
     except ApplicationError as exc:
         log.warning("training failed", run_id=job.request.run_id, error_type=exc.type, error=exc.message)
         emit(

@@ -31,7 +31,7 @@ class ErrorType(StrEnum):
     STALLED = "TrainingStalledError"
     """The training child reported no step for ``stall_timeout_seconds`` and was killed. Retried."""
     SUPERSEDED = "AttemptSupersededError"
-    """A newer attempt owns the run folder; this one stopped without writing. Not retried (the newer one runs)."""
+    """A newer attempt owns the run folder; this one stopped unwritten. Not retried: the newer one runs."""
     RUN_ID_IN_USE = "RunIdInUseError"
     """The run id holds an earlier run's artifacts and ``continue_run`` was not asked for. Never retried."""
     DEVICE_UNAVAILABLE = "DeviceUnavailableError"

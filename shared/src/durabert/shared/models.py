@@ -248,7 +248,9 @@ class BertFineTuneConfig(_DatasetSource):
         Returns:
             The snapshot request with this config's source, fields and sampling.
         """
-        return DatasetSnapshotRequest(**self.model_dump(include=set(_DatasetSource.model_fields)), run_id=run_id)
+        return DatasetSnapshotRequest(
+            **self.model_dump(include=set(_DatasetSource.model_fields)), run_id=run_id
+        )
 
 
 SLOW_PHASE_FACTOR: Final = 5
@@ -382,7 +384,9 @@ class BertInferenceResult(ContractModel):
 
 TrainingStage = Literal["pending", "claiming", "snapshotting", "training", "completed", "failed", "cancelled"]
 """Where a training workflow is."""
-TrainingPhase = Literal["starting", "loading", "tokenizing", "training", "evaluating", "publishing", "stopping"]
+TrainingPhase = Literal[
+    "starting", "loading", "tokenizing", "training", "evaluating", "publishing", "stopping"
+]
 """What a running fine-tuning attempt is doing (live, from its heartbeat)."""
 
 

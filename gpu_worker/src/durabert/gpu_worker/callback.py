@@ -1,0 +1,118 @@
+"""The ``TrainerCallback`` that reports, publishes checkpoints under the fence, and stops on request.
+
+Imported only by the training child (it imports ``transformers``).
+"""
+
+import threading
+import time
+from typing import Any
+
+from transformers import TrainerCallback
+
+from durabert.gpu_worker import checkpoints, history
+from durabert.gpu_worker.events import CheckpointEvent, ProgressEvent, PulseEvent, StartedEvent
+from durabert.gpu_worker.preparation import Emit, PreparedRun
+from durabert.shared.models import TrainingPhase
+
+PULSE_SECONDS = 1.0
+"""Least time between two liveness pulses from steps or evaluation batches."""
+
+
+def _writer(prepared: PreparedRun) -> dict[str, Any]:
+    """Who wrote a checkpoint, for its completion marker."""
+    fence = prepared.job.request.fence
+    identity = fence.model_dump(mode="json") if fence else {}
+    return {**identity, "attempt": prepared.job.attempt}
+
+
+class DurabertCallback(TrainerCallback):  # type: ignore[misc]
+    """Reports progress and checkpoints of one attempt, and turns a stop request into save-and-stop."""
+
+    def __init__(self, prepared: PreparedRun, emit: Emit, stop: threading.Event) -> None:
+        """Create the callback for one attempt.
+
+        Args:
+            prepared: The prepared run.
+            emit: Receives events.
+            stop: When set, the attempt saves a checkpoint at the end of the current step and stops.
+        """
+        self.prepared = prepared
+        self.emit = emit
+        self.stop = stop
+        self.last_loss: float | None = None
+        """The newest logged training loss."""
+        self.stopped_at: int | None = None
+        """The step at which a stop request was honoured, if one was."""
+        self._last_pulse = 0.0
+
+    def _pulse(self, phase: TrainingPhase, step: int) -> None:
+        now = time.monotonic()
+        if now - self._last_pulse >= PULSE_SECONDS:
+            self._last_pulse = now
+            self.emit(PulseEvent(phase=phase, step=step))
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Report the start: resumed step, planned steps, parameters."""
+        parameters = sum(p.numel() for p in kwargs["model"].parameters() if p.requires_grad)
+        resume = self.prepared.resume
+        started = StartedEvent(
+            resumed_from_step=state.global_step or None,
+            resumed_from=self.prepared.store.relative(resume.path) if resume else None,
+            max_steps=state.max_steps,
+            num_parameters=parameters,
+        )
+        self.emit(started)
+        self.emit(PulseEvent(phase="training", step=state.global_step))
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Honour a stop request (save now, then stop) and pulse."""
+        if self.stop.is_set() and self.stopped_at is None:
+            # Save now (the Trainer writes the checkpoint right after this callback), then stop.
+            control.should_save = True
+            control.should_training_stop = True
+            self.stopped_at = state.global_step
+        self._pulse("training", state.global_step)
+
+    def on_prediction_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Pulse during evaluation, so a long evaluation is not taken for a stall."""
+        self._pulse("evaluating", state.global_step)
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+        """Record and report a logged training loss."""
+        if not logs or "loss" not in logs:
+            return
+        self.last_loss = float(logs["loss"])
+        epoch = float(state.epoch or 0.0)
+        record = history.LossRecord(
+            attempt=self.prepared.attempt_seq, step=state.global_step, epoch=epoch, loss=self.last_loss
+        )
+        with self.prepared.fence.guard("append to the run history"):
+            history.append(self.prepared.run_dir, record)
+        self.emit(
+            ProgressEvent(step=state.global_step, epoch=epoch, loss=self.last_loss, max_steps=state.max_steps)
+        )
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Mark the staged checkpoint complete, publish it under the fence, rotate, report."""
+        # on_save fires after the Trainer wrote every file of the staged folder: mark it
+        # complete there, then publish it into checkpoints/ in one rename, under the fence.
+        prepared, name = self.prepared, f"checkpoint-{state.global_step}"
+        target_dir = prepared.checkpoints_dir
+        checkpoints.mark_complete(prepared.staging / name, state.global_step, _writer(prepared))
+        with prepared.fence.guard(f"publish {name}"):
+            published = checkpoints.publish(prepared.staging / name, target_dir) or target_dir / name
+            checkpoints.rotate(target_dir, prepared.job.request.config.save_total_limit)
+            relative = prepared.store.relative(published)
+            record = history.CheckpointRecord(
+                attempt=prepared.attempt_seq, step=state.global_step, path=relative
+            )
+            history.append(prepared.run_dir, record)
+        self.emit(
+            CheckpointEvent(
+                step=state.global_step,
+                epoch=float(state.epoch or 0.0),
+                path=relative,
+                loss=self.last_loss,
+                max_steps=state.max_steps,
+            )
+        )

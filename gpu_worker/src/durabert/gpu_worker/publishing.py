@@ -1,0 +1,103 @@
+"""Last step of a training attempt: evaluate, build the result and publish the final model folder."""
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from durabert.gpu_worker import history, model_folder, storage
+from durabert.gpu_worker.events import PulseEvent
+from durabert.gpu_worker.preparation import Emit, PreparedRun
+from durabert.shared.logging import get_logger
+from durabert.shared.models import BertFineTuneResult
+
+log = get_logger(__name__)
+
+
+def _manifest(
+    prepared: PreparedRun,
+    trainer: Any,
+    records: Sequence[history.HistoryRecord],
+    metrics: dict[str, float],
+) -> model_folder.ModelManifest:
+    request, snapshot = prepared.job.request, prepared.job.request.dataset_snapshot
+    attempts = history.attempts(records)
+    return model_folder.ModelManifest(
+        run_id=request.run_id,
+        config=request.config.model_dump(mode="json"),
+        base_model=prepared.source,
+        snapshot={
+            "snapshot_id": snapshot.snapshot_id,
+            "data_hash": snapshot.data_hash,
+            "snapshot_path": snapshot.snapshot_path,
+        },
+        label_names=snapshot.label_names,
+        device=prepared.job.device,
+        precision=prepared.precision,
+        global_step=int(trainer.state.global_step),
+        max_steps=int(trainer.state.max_steps),
+        attempts=[record.model_dump(mode="json", exclude={"kind"}) for record in attempts],
+        resume_points=[
+            record.resumed_from_step for record in attempts if record.resumed_from_step is not None
+        ],
+        metrics=metrics,
+    )
+
+
+def publish_run(
+    prepared: PreparedRun, trainer: Any, train_loss: float, seconds: float, emit: Emit
+) -> BertFineTuneResult:
+    """Evaluate the trained model, write the final model folder under the fence, and build the result.
+
+    Args:
+        prepared: The prepared run.
+        trainer: The Trainer after training.
+        train_loss: The training loss to report.
+        seconds: Wall time of this attempt's training.
+        emit: Receives phase pulses.
+
+    Returns:
+        The run's result.
+
+    Raises:
+        ApplicationError: ``AttemptSupersededError`` when another attempt took the run folder over.
+    """
+    request, job = prepared.job.request, prepared.job
+    emit(PulseEvent(phase="evaluating", step=int(trainer.state.global_step)))
+    evaluation = {
+        key: float(value) for key, value in trainer.evaluate().items() if isinstance(value, int | float)
+    }
+    metrics = {"train_loss": train_loss, **evaluation}
+    emit(PulseEvent(phase="publishing", step=int(trainer.state.global_step)))
+    records = history.read(prepared.run_dir)
+    manifest = _manifest(prepared, trainer, records, metrics)
+
+    def fill(folder: Path) -> None:
+        trainer.save_model(str(folder))
+        model_folder.write_extras(folder, manifest, metrics)
+        model_folder_curve = folder / model_folder.LOSS_CURVE_FILE
+        history.plot_loss_curve(records, model_folder_curve, title=f"run {request.run_id}")
+
+    final_dir = prepared.store.model_dir(request.run_id)
+    save_bytes = storage.folder_bytes(prepared.resume.path) if prepared.resume else storage.PROBE_BYTES
+    with (
+        prepared.fence.guard("publish the final model"),
+        storage.storage_guard(prepared.run_dir, save_bytes, "the final model"),
+    ):
+        model_folder.publish(prepared.run_dir, final_dir, fill)
+    log.info("training finished", global_step=manifest.global_step, **evaluation)
+    return BertFineTuneResult(
+        run_id=request.run_id,
+        config=request.config,
+        train_loss=train_loss,
+        eval_metrics=evaluation,
+        training_time_seconds=seconds,
+        num_parameters=sum(p.numel() for p in prepared.model.parameters() if p.requires_grad),
+        dataset_snapshot=request.dataset_snapshot,
+        total_checkpoints_saved=sum(1 for record in records if isinstance(record, history.CheckpointRecord)),
+        global_step=manifest.global_step,
+        resumed_from_step=prepared.resume.step if prepared.resume else None,
+        attempts=job.attempt,
+        device=job.device,
+        model_path=prepared.store.relative(final_dir),
+        label_names=request.dataset_snapshot.label_names,
+    )
