@@ -82,6 +82,15 @@ class Hostile:
         """Every path under the artifact store, relative to it."""
         return {str(path.relative_to(self.store)) for path in self.store.rglob("*")}
 
+    def data_artifacts(self) -> set[str]:
+        """Store paths other than run claims (``runs/<id>/run.json`` and its folders), which the
+        workflow writes before any data is read: what a refused snapshot must not add to."""
+        claims = {
+            path for path in self.store_files() if path.startswith("runs/") and path.endswith("/run.json")
+        }
+        folders = {str(Path(path).parent) for path in claims} | ({"runs"} if claims else set())
+        return self.store_files() - claims - folders
+
 
 @pytest.fixture(scope="module")
 async def env(
@@ -167,22 +176,36 @@ class HistoryFacts:
     """What a workflow's history says about retries and scheduled work."""
 
     scheduled: list[str]
-    """Activity type names scheduled, in order."""
-    started_attempts: list[int]
-    """Attempt number of each ActivityTaskStarted (the last attempt of each activity)."""
+    """Activity type names scheduled, in order (the run claim included)."""
+    attempts: dict[str, list[int]]
+    """Activity type name to the attempt number of each of its ActivityTaskStarted events."""
     workflow_task_failures: int
     """WorkflowTaskFailed events: a workflow that cannot decode its input keeps failing its task."""
+
+    @property
+    def work(self) -> list[str]:
+        """Scheduled activities other than the run claim (bookkeeping that precedes any data)."""
+        return [name for name in self.scheduled if name != names.CLAIM_RUN]
+
+    @property
+    def snapshot_attempts(self) -> list[int]:
+        """Attempt numbers of the snapshot activity's starts: ``[1]`` when it ran once, unretried."""
+        return self.attempts.get(names.CREATE_DATASET_SNAPSHOT, [])
 
 
 async def history_facts(handle: WorkflowHandle[Any, Any]) -> HistoryFacts:
     scheduled: list[str] = []
-    attempts: list[int] = []
+    scheduled_types: dict[int, str] = {}
+    attempts: dict[str, list[int]] = {}
     task_failures = 0
     async for event in handle.fetch_history_events():
         if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
-            scheduled.append(event.activity_task_scheduled_event_attributes.activity_type.name)
+            name = event.activity_task_scheduled_event_attributes.activity_type.name
+            scheduled.append(name)
+            scheduled_types[event.event_id] = name
         elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
-            attempts.append(event.activity_task_started_event_attributes.attempt)
+            started = event.activity_task_started_event_attributes
+            attempts.setdefault(scheduled_types[started.scheduled_event_id], []).append(started.attempt)
         elif event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED:
             task_failures += 1
     return HistoryFacts(scheduled, attempts, task_failures)
@@ -603,14 +626,81 @@ async def test_data_worker_refuses_without_retry_or_training(
 ) -> None:
     run_id = f"hostile-data-{token}"
     config = BertFineTuneConfig.model_validate(make(env) | {"run_id": run_id})
-    before = env.store_files()
+    before = env.data_artifacts()
     error, history = await start_and_fail(env, names.TRAINING_WORKFLOW, config, run_id)
     assert_names(error.message, field_name)
     # The data worker ran once and was not retried; training was never scheduled.
-    assert history.scheduled == [names.CREATE_DATASET_SNAPSHOT]
-    assert history.started_attempts == [1]
+    assert history.work == [names.CREATE_DATASET_SNAPSHOT]
+    assert history.snapshot_attempts == [1]
     assert history.workflow_task_failures == 0
-    assert env.store_files() == before
+    assert env.data_artifacts() == before
+
+
+LOADERS_BEYOND_JSON = ["text", "arrow", "xml", "webdataset", "pandas", "imagefolder", "audiofolder"]
+"""Packaged loaders that once resolved relative ``data_files`` against the worker's current directory
+(the data worker's unit tests cover every loader the installed ``datasets`` ships)."""
+
+
+@pytest.mark.parametrize("loader", LOADERS_BEYOND_JSON)
+async def test_packaged_loaders_cannot_read_from_the_workers_current_directory(
+    env: Hostile, token: str, loader: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The data worker runs in this process: with its current directory at /, etc/passwd exists.
+    monkeypatch.chdir("/")
+    run_id = f"hostile-loader-{token}"
+    config = BertFineTuneConfig.model_validate(
+        base_config("etc/passwd", dataset_name=loader, text_field="text", run_id=run_id)
+    )
+    before = env.data_artifacts()
+    error, history = await start_and_fail(env, names.TRAINING_WORKFLOW, config, run_id)
+    assert_names(error.message, "data_files")
+    assert "root:" not in error.message  # no line of the file came back
+    assert history.work == [names.CREATE_DATASET_SNAPSHOT]
+    assert history.snapshot_attempts == [1]
+    assert env.data_artifacts() == before
+
+
+async def test_label_field_equal_to_text_field_is_refused(env: Hostile, token: str) -> None:
+    run_id = f"hostile-same-field-{token}"
+    good = write_reviews(env.data_dir / "same-field.jsonl", rows=20)
+    config = BertFineTuneConfig.model_validate(base_config(str(good), label_field="sentence", run_id=run_id))
+    error, history = await start_and_fail(env, names.TRAINING_WORKFLOW, config, run_id)
+    assert_names(error.message, "label_field")
+    assert history.snapshot_attempts == [1]
+
+
+async def test_url_without_its_fsspec_package_fails_once_without_its_credentials(
+    env: Hostile, token: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from durabert.data_worker import sources
+
+    monkeypatch.setattr(sources, "_installed", lambda package: package != "aiohttp")
+    run_id = f"hostile-url-{token}"
+    secret = uuid.uuid4().hex
+    url = f"https://reader:{secret}@data.example.com/train.jsonl?token={secret[::-1]}"
+    config = BertFineTuneConfig.model_validate(base_config(url, run_id=run_id))
+    handle_error, history = await start_and_fail_typed(env, config, run_id, ErrorType.CONFIGURATION)
+    assert "aiohttp" in handle_error.message
+    assert secret not in handle_error.message
+    assert secret[::-1] not in handle_error.message
+    assert history.work == [names.CREATE_DATASET_SNAPSHOT]
+    assert history.snapshot_attempts == [1]
+
+
+async def start_and_fail_typed(
+    env: Hostile, config: BertFineTuneConfig, run_id: str, error_type: ErrorType
+) -> tuple[ApplicationError, HistoryFacts]:
+    """Like :func:`start_and_fail` for a training run refused with another error type."""
+    handle = await env.client.start_workflow(
+        names.TRAINING_WORKFLOW,
+        config,
+        id=run_id,
+        task_queue=env.settings.queues.orchestrator,
+        memo=env.settings.queue_memo(),
+    )
+    with pytest.raises(WorkflowFailureError) as info:
+        await asyncio.wait_for(handle.result(), RESULT_TIMEOUT)
+    return refusal(info.value, error_type), await history_facts(handle)
 
 
 async def test_control_valid_data_reaches_training_and_writes_a_snapshot(env: Hostile, token: str) -> None:
@@ -631,7 +721,7 @@ async def test_control_valid_data_reaches_training_and_writes_a_snapshot(env: Ho
             if names.FINE_TUNE_BERT in history.scheduled:
                 break
             await asyncio.sleep(0.1)
-        assert history.scheduled == [names.CREATE_DATASET_SNAPSHOT, names.FINE_TUNE_BERT]
+        assert history.work == [names.CREATE_DATASET_SNAPSHOT, names.FINE_TUNE_BERT]
         assert any(path.startswith("snapshots/") for path in env.store_files())
     finally:
         await handle.terminate("control test done: no GPU worker polls this queue")
