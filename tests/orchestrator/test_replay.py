@@ -2,20 +2,23 @@
 
 The histories are produced by the workflow and end-to-end scenarios
 (``DURABERT_RECORD_HISTORIES=1 make unit``) and committed: a change to the workflows that
-would break running executions fails here.
+would break running executions fails here. Such a change ships as a new orchestrator build id
+(Worker Versioning pins running trainings to the build that started them) and the histories are
+re-recorded for the release (docs/deploy.md).
 """
 
 import json
+from pathlib import Path
 
 import pytest
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
-from durabert.orchestrator.workflows import WORKFLOWS
+from durabert.orchestrator.workflows import VERSIONED_WORKFLOWS, WORKFLOWS
 from durabert.shared import names
-from support.histories import HISTORY_DIR, load_history
+from support.histories import load_history
 
-HISTORIES = sorted(HISTORY_DIR.glob("*.json"))
+HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
 
 
 def test_histories_of_both_workflows_are_committed() -> None:
@@ -25,11 +28,14 @@ def test_histories_of_both_workflows_are_committed() -> None:
         started = events[0]["workflowExecutionStartedEventAttributes"]
         types.add(started["workflowType"]["name"])
     assert {names.TRAINING_WORKFLOW, names.INFERENCE_WORKFLOW} <= types
+    # The long-run paths are covered: preemptions and a continue-as-new.
+    assert {"training_preempted_six_times", "training_continued_as_new"} <= {p.stem for p in HISTORIES}
 
 
+@pytest.mark.parametrize("workflows", [WORKFLOWS, VERSIONED_WORKFLOWS], ids=["unversioned", "versioned"])
 @pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
-async def test_history_replays(path) -> None:
+async def test_history_replays(path, workflows) -> None:
     history = load_history(path)
-    replayer = Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter)
+    replayer = Replayer(workflows=workflows, data_converter=pydantic_data_converter)
     result = await replayer.replay_workflow(history, raise_on_replay_failure=True)
     assert result.replay_failure is None
