@@ -71,6 +71,11 @@ class DurabertCallback(TrainerCallback):  # type: ignore[misc]
             control.should_save = True
             control.should_training_stop = True
             self.stopped_at = state.global_step
+        if control.should_save:
+            # The Trainer saves right after this callback: a superseded attempt stops before
+            # it writes even into its own staging folder.
+            with self.prepared.fence.guard(f"save checkpoint-{state.global_step}"):
+                pass
         self._pulse("training", state.global_step)
 
     def on_prediction_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
