@@ -14,10 +14,11 @@ from typing import Any
 
 import pytest
 from temporalio.client import Client, WorkflowHandle
+from temporalio.contrib.pydantic import pydantic_data_converter
 
 from durabert.orchestrator.devserver import DevServer
 from durabert.shared import names
-from durabert.shared.models import BertFineTuneConfig, BertFineTuneResult, TrainingProgress
+from durabert.shared.models import BertFineTuneConfig, BertFineTuneResult, TrainingHeartbeat, TrainingProgress
 from durabert.shared.settings import DurabertSettings
 from support.datasets import write_reviews
 from support.processes import WorkerProcess
@@ -113,7 +114,14 @@ def make_cluster(address: str, root: Path, rows: int = 400, **env: str) -> Clust
 
 
 async def progress_of(handle: WorkflowHandle[Any, Any]) -> TrainingProgress:
-    return await handle.query(names.GET_PROGRESS_QUERY, result_type=TrainingProgress)
+    """The workflow's durable progress merged with the running attempt's live heartbeat."""
+    progress = await handle.query(names.GET_PROGRESS_QUERY, result_type=TrainingProgress)
+    description = await handle.describe()
+    for pending in description.raw_description.pending_activities:
+        if pending.activity_type.name == names.FINE_TUNE_BERT and pending.heartbeat_details.payloads:
+            values = await pydantic_data_converter.decode(pending.heartbeat_details.payloads)
+            return progress.with_heartbeat(TrainingHeartbeat.model_validate(values[0]))
+    return progress
 
 
 async def wait_progress(
@@ -129,13 +137,16 @@ async def wait_progress(
     return await asyncio.wait_for(poll(), timeout)
 
 
-def steps_trained(history: list[dict[str, Any]]) -> int:
-    """Steps each attempt trained (last logged step minus its resume point), summed."""
-    starts = {r["attempt"]: r.get("resumed_from_step") or 0 for r in history if r["kind"] == "attempt"}
+def steps_trained(history: list[Any]) -> int:
+    """Steps each attempt trained (last logged step minus its resume point), summed.
+
+    ``history`` holds the typed records of ``durabert.gpu_worker.history.read``.
+    """
+    starts = {r.attempt: r.resumed_from_step or 0 for r in history if r.kind == "attempt"}
     last: dict[int, int] = {}
     for record in history:
-        if record["kind"] in ("loss", "checkpoint"):
-            last[record["attempt"]] = max(last.get(record["attempt"], 0), record["step"])
+        if record.kind in ("loss", "checkpoint"):
+            last[record.attempt] = max(last.get(record.attempt, 0), record.step)
     return sum(last.get(a, start) - start for a, start in starts.items())
 
 
