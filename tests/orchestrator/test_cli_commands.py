@@ -1,12 +1,14 @@
 """The CLI against the real dev server, with fake workflows under the real type names.
 
-Only the workflows are fakes (see ``fake_workflows``): the CLI's arguments, settings,
-client calls, queries, signals and output are the real ones.
+Only the workflows and the fine-tuning activity are fakes (see ``fake_runs``): the CLI's
+arguments, settings, client calls, queries, ``describe`` of the pending activity's heartbeat,
+and output are the real ones.
 """
 
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,10 +16,11 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cli_capture import Captured
-from fake_workflows import FAIL_SIGNAL, FAKE_WORKFLOWS, UNKNOWN_RUN, checkpoint
+from fake_runs import CLAIMED_PREFIX, UNKNOWN_RUN, FakeTrainer, training_worker, workflow_worker
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.worker import Worker
 
@@ -25,6 +28,7 @@ from durabert.orchestrator import client_ops
 from durabert.orchestrator.cli import execute
 from durabert.orchestrator.devserver import DevServer, free_port
 from durabert.shared import names
+from durabert.shared.models import BertFineTuneConfig
 from durabert.shared.settings import DurabertSettings
 
 pytestmark = pytest.mark.integration
@@ -35,16 +39,27 @@ MAX_STEPS = 4
 @pytest.fixture
 def cli_settings(settings: DurabertSettings, queue_name: str) -> DurabertSettings:
     """The session server, with this test's random orchestrator queue."""
-    return settings.model_copy(
-        update={"queues": settings.queues.model_copy(update={"orchestrator": queue_name})}
-    )
+    queues = {"orchestrator": queue_name, "gpu": f"{queue_name}-gpu"}
+    return settings.model_copy(update={"queues": settings.queues.model_copy(update=queues)})
 
 
 @pytest.fixture
-async def fake_worker(client: Client, queue_name: str) -> AsyncIterator[Worker]:
-    """A worker running the fake workflows on the test's queue."""
-    async with Worker(client, task_queue=queue_name, workflows=FAKE_WORKFLOWS) as worker:
-        yield worker
+def trainer() -> FakeTrainer:
+    """Drives the fake fine-tuning attempts of this test's runs."""
+    return FakeTrainer()
+
+
+@pytest.fixture
+async def worker(
+    client: Client, cli_settings: DurabertSettings, trainer: FakeTrainer
+) -> AsyncIterator[Worker]:
+    """Workers running the fake workflows and the fake fine-tuning on the test's queues."""
+    queues = cli_settings.queues
+    async with (
+        workflow_worker(client, queues.orchestrator) as running,
+        training_worker(client, queues.gpu, trainer),
+    ):
+        yield running
 
 
 @pytest.fixture
@@ -62,27 +77,48 @@ Cli = Callable[..., Awaitable[tuple[int, Captured]]]
 def cli(cli_settings: DurabertSettings) -> Cli:
     """Run one CLI command in-process; returns its exit code and captured output."""
 
-    async def invoke(*argv: str, detach: asyncio.Event | None = None) -> tuple[int, Captured]:
-        captured = Captured()
+    async def invoke(
+        *argv: str, detach: asyncio.Event | None = None, output: Captured | None = None
+    ) -> tuple[int, Captured]:
+        captured = output or Captured()
         code = await execute(list(argv), cli_settings, output=captured, detach=detach)
         return code, captured
 
     return invoke
 
 
+async def _printed(output: Captured, command: "asyncio.Task[Any]", text: str) -> None:
+    while text not in output.stdout:
+        assert not command.done(), f"the command ended before printing {text!r}: {output.stdout}"
+        await asyncio.sleep(0.05)
+
+
 def new_run_id() -> str:
     return f"cli-{uuid.uuid4().hex[:10]}"
 
 
-async def signal_steps(client: Client, run_id: str, steps: range, pause: float = 0.0) -> None:
-    handle = client.get_workflow_handle(run_id)
+async def live_step(client: Client, run_id: str, step: int) -> None:
+    """Wait until the server holds a heartbeat of ``step`` (read raw: the code under test is not used)."""
+    while True:
+        description = await client.get_workflow_handle(run_id).describe()
+        for pending in description.raw_description.pending_activities:
+            if pending.heartbeat_details.payloads:
+                [details] = await client.data_converter.decode(pending.heartbeat_details.payloads)
+                if details["step"] >= step:
+                    return
+        await asyncio.sleep(0.05)
+
+
+async def drive(trainer: FakeTrainer, client: Client, run_id: str, steps: range) -> None:
+    """Train the fake attempt step by step, each step visible before the next."""
     for step in steps:
-        await handle.signal(names.UPDATE_CHECKPOINT_SIGNAL, checkpoint(step, max_steps=MAX_STEPS))
-        await asyncio.sleep(pause)
+        await trainer.step(run_id, step)
+        if step < MAX_STEPS:
+            await live_step(client, run_id, step)
 
 
 async def test_train_status_and_completion(
-    cli: Cli, client: Client, config_file: Path, fake_worker: Worker
+    cli: Cli, client: Client, config_file: Path, trainer: FakeTrainer, worker: Worker
 ) -> None:
     run_id = new_run_id()
     code, out = await cli("train", str(config_file), "--run-id", run_id)
@@ -94,14 +130,17 @@ async def test_train_status_and_completion(
     assert description.workflow_type == names.TRAINING_WORKFLOW
     assert description.status == WorkflowExecutionStatus.RUNNING
 
-    await signal_steps(client, run_id, range(2, 3))
+    await drive(trainer, client, run_id, range(2, 3))
     code, out = await cli("status", run_id)
     assert code == 0, out.stderr
     assert f"run {run_id}: running" in out.stdout
+    # Step, phase and checkpoint are the heartbeat's (the workflow's query says step 0);
+    # preemptions and failures are the workflow's durable counters, shown apart.
     assert "training · step 2/4 (50%)" in out.stdout
-    assert "checkpoints 1 (latest step 2)" in out.stdout
+    assert "latest checkpoint step 2" in out.stdout
+    assert "preemptions 2 · failures 1" in out.stdout
 
-    await signal_steps(client, run_id, range(4, 5))
+    await drive(trainer, client, run_id, range(4, 5))
     await client.get_workflow_handle(run_id).result()
     code, out = await cli("status", run_id, "--json")
     assert code == 0, out.stderr
@@ -109,15 +148,41 @@ async def test_train_status_and_completion(
     assert status["status"] == "completed"
     assert status["result"]["global_step"] == MAX_STEPS
     assert status["result"]["run_id"] == run_id
+    assert status["result"]["preemptions"] == 2
+    assert status["result"]["failed_attempts"] == 1
+    # Closed: no attempt is pending, so the progress is the workflow's answer alone.
     assert status["progress"]["stage"] == "completed"
+    assert status["progress"]["phase"] is None
+    assert status["workflow_answered"] is True
+
+
+async def test_status_shows_the_live_heartbeat_not_only_the_query(
+    cli: Cli, client: Client, config_file: Path, trainer: FakeTrainer, worker: Worker
+) -> None:
+    run_id = new_run_id()
+    assert (await cli("train", str(config_file), "--run-id", run_id))[0] == 0
+    await drive(trainer, client, run_id, range(1, 4))
+    handle = client.get_workflow_handle(run_id)
+    # The durable view alone knows no step yet: a status built from the query alone fails below.
+    assert (await client_ops.query_progress(handle)).step == 0  # type: ignore[union-attr]
+    code, out = await cli("status", run_id, "--json")
+    assert code == 0, out.stderr
+    progress = json.loads(out.stdout)["progress"]
+    assert progress["step"] == 3
+    assert progress["phase"] == "training"
+    assert progress["loss"] == pytest.approx(0.25)
+    assert progress["latest_checkpoint"]["step"] == 2
+    assert progress["preemptions"] == 2
+    assert progress["failures"] == 1
+    await handle.cancel()
 
 
 async def test_train_wait_shows_progress_then_the_result(
-    cli: Cli, client: Client, config_file: Path, fake_worker: Worker
+    cli: Cli, client: Client, config_file: Path, trainer: FakeTrainer, worker: Worker
 ) -> None:
     run_id = new_run_id()
 
-    async def drive() -> None:
+    async def train_it() -> None:
         # Wait for the CLI to have started the run, then train it step by step.
         while True:
             try:
@@ -125,9 +190,9 @@ async def test_train_wait_shows_progress_then_the_result(
                 break
             except Exception:
                 await asyncio.sleep(0.05)
-        await signal_steps(client, run_id, range(1, MAX_STEPS + 1), pause=0.15)
+        await drive(trainer, client, run_id, range(1, MAX_STEPS + 1))
 
-    driver = asyncio.create_task(drive())
+    driver = asyncio.create_task(train_it())
     code, out = await cli("train", str(config_file), "--run-id", run_id, "--wait", "--interval", "0.05")
     await driver
     assert code == 0, out.stderr
@@ -136,23 +201,42 @@ async def test_train_wait_shows_progress_then_the_result(
     assert "global step" in out.stdout
     assert "eval_accuracy" in out.stdout
     assert "never resumed" in out.stdout
+    assert re.search(r"^preemptions\s+2\s*$", out.stdout, re.MULTILINE)
+    assert re.search(r"^failed attempts\s+1\s*$", out.stdout, re.MULTILINE)
 
 
 async def test_watch_json_prints_only_json_on_stdout(
-    cli: Cli, client: Client, config_file: Path, fake_worker: Worker
+    cli: Cli, client: Client, config_file: Path, trainer: FakeTrainer, worker: Worker
 ) -> None:
     run_id = new_run_id()
     assert (await cli("train", str(config_file), "--run-id", run_id))[0] == 0
     watcher = asyncio.create_task(cli("watch", run_id, "--json", "--interval", "0.05"))
-    await signal_steps(client, run_id, range(1, MAX_STEPS + 1), pause=0.05)
+    await drive(trainer, client, run_id, range(1, MAX_STEPS + 1))
     code, out = await watcher
     assert code == 0, out.stderr
     assert json.loads(out.stdout)["global_step"] == MAX_STEPS
     assert "step" in out.stderr  # the progress lines went to stderr
 
 
+async def test_watch_shows_live_steps_from_the_heartbeat(
+    cli: Cli, client: Client, config_file: Path, trainer: FakeTrainer, worker: Worker
+) -> None:
+    run_id = new_run_id()
+    assert (await cli("train", str(config_file), "--run-id", run_id))[0] == 0
+    watched = Captured()
+    watcher = asyncio.create_task(cli("watch", run_id, "--interval", "0.05", output=watched))
+    await drive(trainer, client, run_id, range(1, 4))
+    # Step 3 is on screen before the run ends: only the heartbeat carries it (the query says 0).
+    await asyncio.wait_for(_printed(watched, watcher, "training · step 3/4 (75%)"), timeout=60)
+    await drive(trainer, client, run_id, range(4, 5))
+    code, out = await watcher
+    assert code == 0, out.stderr
+    assert "preemptions 2 · failures 1" in out.stdout
+    assert f"run {run_id} completed" in out.stdout
+
+
 async def test_ctrl_c_detaches_and_the_run_goes_on(
-    cli: Cli, client: Client, config_file: Path, fake_worker: Worker
+    cli: Cli, client: Client, config_file: Path, worker: Worker
 ) -> None:
     run_id = new_run_id()
     detach = asyncio.Event()
@@ -168,7 +252,7 @@ async def test_ctrl_c_detaches_and_the_run_goes_on(
 
 
 async def test_second_start_of_a_running_run_is_refused(
-    cli: Cli, client: Client, config_file: Path, fake_worker: Worker
+    cli: Cli, client: Client, config_file: Path, worker: Worker
 ) -> None:
     run_id = new_run_id()
     assert (await cli("train", str(config_file), "--run-id", run_id))[0] == 0
@@ -179,7 +263,7 @@ async def test_second_start_of_a_running_run_is_refused(
 
 
 async def test_cancel_then_status_and_cancel_again(
-    cli: Cli, client: Client, config_file: Path, fake_worker: Worker
+    cli: Cli, client: Client, config_file: Path, worker: Worker
 ) -> None:
     run_id = new_run_id()
     assert (await cli("train", str(config_file), "--run-id", run_id))[0] == 0
@@ -197,13 +281,12 @@ async def test_cancel_then_status_and_cancel_again(
 
 
 async def test_failed_run_shows_its_error(
-    cli: Cli, client: Client, config_file: Path, fake_worker: Worker
+    cli: Cli, client: Client, config_file: Path, trainer: FakeTrainer, worker: Worker
 ) -> None:
     run_id = new_run_id()
     assert (await cli("train", str(config_file), "--run-id", run_id))[0] == 0
     watcher = asyncio.create_task(cli("watch", run_id, "--interval", "0.05"))
-    await asyncio.sleep(0.3)
-    await client.get_workflow_handle(run_id).signal(FAIL_SIGNAL, "learning_rate: too high")
+    await trainer.fail(run_id, "learning_rate: too high")
     code, out = await watcher
     assert code == 1
     assert f"run {run_id} failed: InvalidInputError: learning_rate: too high" in out.stderr
@@ -222,7 +305,7 @@ async def test_unknown_run_is_named(cli: Cli, command: str) -> None:
 
 
 async def test_runs_lists_recent_training_runs(
-    cli: Cli, client: Client, config_file: Path, fake_worker: Worker
+    cli: Cli, client: Client, config_file: Path, worker: Worker
 ) -> None:
     run_id = new_run_id()
     assert (await cli("train", str(config_file), "--run-id", run_id))[0] == 0
@@ -241,7 +324,7 @@ async def test_runs_lists_recent_training_runs(
     await client.get_workflow_handle(run_id).cancel()
 
 
-async def test_infer_prints_a_table_and_json(cli: Cli, fake_worker: Worker, tmp_path: Path) -> None:
+async def test_infer_prints_a_table_and_json(cli: Cli, worker: Worker, tmp_path: Path) -> None:
     code, out = await cli("infer", "run-1", "a good film", "a dull film")
     assert code == 0, out.stderr
     assert "positive" in out.stdout
@@ -256,7 +339,7 @@ async def test_infer_prints_a_table_and_json(cli: Cli, fake_worker: Worker, tmp_
     assert result["predicted_label_names"] == ["positive", "negative", "negative"]
 
 
-async def test_infer_failure_is_reported(cli: Cli, fake_worker: Worker) -> None:
+async def test_infer_failure_is_reported(cli: Cli, worker: Worker) -> None:
     code, out = await cli("infer", UNKNOWN_RUN, "text")
     assert code == 1
     assert f"inference with run {UNKNOWN_RUN} failed: ArtifactNotFoundError: no model for run" in out.stderr
@@ -301,10 +384,19 @@ def test_bad_setting_exits_2_naming_the_variable() -> None:
 
 
 async def test_sigint_while_watching_detaches_the_real_process(
-    client: Client, dev_server: DevServer, queue_name: str, config_file: Path, fake_worker: Worker
+    client: Client,
+    dev_server: DevServer,
+    queue_name: str,
+    config_file: Path,
+    trainer: FakeTrainer,
+    worker: Worker,
 ) -> None:
     run_id = new_run_id()
-    env = _env(DURABERT_TEMPORAL__ADDRESS=dev_server.address, DURABERT_QUEUES__ORCHESTRATOR=queue_name)
+    env = _env(
+        DURABERT_TEMPORAL__ADDRESS=dev_server.address,
+        DURABERT_QUEUES__ORCHESTRATOR=queue_name,
+        DURABERT_QUEUES__GPU=f"{queue_name}-gpu",
+    )
     process = _cli_process(env, "train", str(config_file), "--run-id", run_id, "--wait", "--interval", "0.1")
     try:
         handle = client.get_workflow_handle(run_id)
@@ -315,7 +407,7 @@ async def test_sigint_while_watching_detaches_the_real_process(
                 break
             except Exception:
                 await asyncio.sleep(0.1)
-        await signal_steps(client, run_id, range(1, 2))
+        await drive(trainer, client, run_id, range(1, 2))
         assert process.stdout is not None
         line = await asyncio.to_thread(process.stdout.readline)
         while "step 1/4" not in line:
@@ -342,7 +434,9 @@ async def test_status_and_watch_without_an_orchestrator_worker(
     code, out = await cli("status", run_id)
     assert code == 0, out.stderr
     assert f"run {run_id}: running" in out.stdout
-    assert "progress: no answer; is an orchestrator worker polling queue test-" in out.stdout
+    assert (
+        "progress: no answer from the workflow; is an orchestrator worker polling queue test-" in out.stdout
+    )
 
     detach = asyncio.Event()
     # Long enough for several timed-out queries even on a loaded machine.
@@ -352,3 +446,91 @@ async def test_status_and_watch_without_an_orchestrator_worker(
     assert "waiting for the orchestrator worker to answer" in out.stdout
     assert "detached" in out.stdout
     await client.get_workflow_handle(run_id).terminate()
+
+
+async def _started_config(client: Client, run_id: str) -> BertFineTuneConfig:
+    """The config the newest execution of ``run_id`` was started with (its history's first event)."""
+    history = await client.get_workflow_handle(run_id).fetch_history()
+    payloads = history.events[0].workflow_execution_started_event_attributes.input.payloads
+    [config] = await client.data_converter.decode(payloads, [BertFineTuneConfig])
+    assert isinstance(config, BertFineTuneConfig)
+    return config
+
+
+async def test_a_closed_run_id_is_refused_unless_continued(
+    cli: Cli, client: Client, config_file: Path, trainer: FakeTrainer, worker: Worker
+) -> None:
+    run_id = new_run_id()
+    assert (await cli("train", str(config_file), "--run-id", run_id))[0] == 0
+    assert (await _started_config(client, run_id)).continue_run is False
+    await drive(trainer, client, run_id, range(1, MAX_STEPS + 1))
+    await client.get_workflow_handle(run_id).result()
+
+    code, out = await cli("train", str(config_file), "--run-id", run_id)
+    assert code == 1
+    message = out.stderr.replace("\n", " ")
+    assert f"run_id {run_id} is in use: an earlier run with this id is completed" in message
+    assert "another --run-id" in message
+    assert f"--run-id {run_id} --continue" in message
+    assert "Traceback" not in out.stderr
+    # Refused by the client itself: the completed execution is still the newest one.
+    description = await client.get_workflow_handle(run_id).describe()
+    assert description.status == WorkflowExecutionStatus.COMPLETED
+
+    code, out = await cli("train", str(config_file), "--run-id", run_id, "--continue")
+    assert code == 0, out.stderr
+    assert f"started run {run_id} (continuing the earlier run with this id)" in out.stdout
+    assert (await _started_config(client, run_id)).continue_run is True
+    await client.get_workflow_handle(run_id).cancel()
+
+
+async def test_continue_of_a_running_run_is_still_refused(
+    cli: Cli, client: Client, config_file: Path, worker: Worker
+) -> None:
+    run_id = new_run_id()
+    assert (await cli("train", str(config_file), "--run-id", run_id))[0] == 0
+    code, out = await cli("train", str(config_file), "--run-id", run_id, "--continue")
+    assert code == 1
+    assert f"run {run_id} is already running" in out.stderr
+    await client.get_workflow_handle(run_id).cancel()
+
+
+async def test_the_workflows_run_id_refusal_is_reported_cleanly(
+    cli: Cli, client: Client, config_file: Path, worker: Worker
+) -> None:
+    # Temporal has forgotten the earlier run (no closed execution), but its artifacts remain:
+    # the workflow's claim refuses the id with RunIdInUseError.
+    run_id = new_run_id().replace("cli-", CLAIMED_PREFIX)
+    code, out = await cli("train", str(config_file), "--run-id", run_id, "--wait", "--interval", "0.05")
+    assert code == 1
+    assert (
+        f"run {run_id} refused: RunIdInUseError: run_id {run_id} holds an earlier run's artifacts"
+        in out.stderr
+    )
+    assert f"--run-id {run_id} --continue" in out.stderr
+    code, out = await cli("status", run_id, "--json")
+    assert code == 0
+    assert json.loads(out.stdout)["error_type"] == "RunIdInUseError"
+
+
+async def test_status_without_an_orchestrator_worker_shows_the_live_heartbeat(
+    cli: Cli,
+    client: Client,
+    cli_settings: DurabertSettings,
+    config_file: Path,
+    trainer: FakeTrainer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(client_ops, "QUERY_TIMEOUT", timedelta(seconds=0.3))
+    run_id = new_run_id()
+    queues = cli_settings.queues
+    async with training_worker(client, queues.gpu, trainer):
+        async with workflow_worker(client, queues.orchestrator):
+            assert (await cli("train", str(config_file), "--run-id", run_id))[0] == 0
+            await drive(trainer, client, run_id, range(1, 4))
+        # The workflow worker is gone: no query is answered, yet the attempt goes on.
+        code, out = await cli("status", run_id)
+        assert code == 0, out.stderr
+        assert "training · step 3/4 (75%)" in out.stdout
+        assert "progress: live figures only; no answer from the workflow" in out.stdout
+        await client.get_workflow_handle(run_id).terminate()

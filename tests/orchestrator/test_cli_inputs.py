@@ -16,7 +16,13 @@ from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ActivityError, ApplicationError, RetryState
 
 from durabert.orchestrator.cli import build_parser, execute
-from durabert.orchestrator.client_ops import failure_message, web_ui_url
+from durabert.orchestrator.client_ops import (
+    LiveProgress,
+    failure_message,
+    failure_type,
+    merge_progress,
+    web_ui_url,
+)
 from durabert.orchestrator.config_file import (
     UserInputError,
     build_inference_request,
@@ -31,6 +37,7 @@ from durabert.shared.models import (
     BertFineTuneConfig,
     BertFineTuneResult,
     CheckpointInfo,
+    TrainingHeartbeat,
     TrainingProgress,
 )
 from durabert.shared.settings import DurabertSettings
@@ -103,6 +110,18 @@ def test_config_errors_list_every_field(tmp_path: Path) -> None:
     assert all(line.startswith(f"{path}: ") for line in lines)
 
 
+def test_continue_flag_sets_continue_run(tmp_path: Path) -> None:
+    good = write(tmp_path, "c.yaml", GOOD_YAML)
+    assert load_config(good, "run-1").continue_run is False
+    assert load_config(good, "run-1", continue_run=True).continue_run is True
+    # A config file may ask for it too; the flag never turns it off.
+    asked = write(tmp_path, "asked.yaml", GOOD_YAML + "continue_run: true\n")
+    assert load_config(asked, "run-1").continue_run is True
+    args = build_parser().parse_args(["train", str(good), "--run-id", "run-1", "--continue"])
+    assert args.continue_run is True
+    assert build_parser().parse_args(["train", str(good)]).continue_run is False
+
+
 def test_bad_run_id_flag_and_suffix_and_missing_file(tmp_path: Path) -> None:
     good = write(tmp_path, "c.yaml", GOOD_YAML)
     with pytest.raises(UserInputError, match=r"^--run-id: must be 1-63 characters.*\(got 'Run_1'\)"):
@@ -124,11 +143,16 @@ async def test_train_with_bad_config_exits_2_without_contacting_temporal(
     assert captured.stdout == ""
 
 
-async def test_train_with_bad_run_id_flag_exits_2(tmp_path: Path, nowhere: DurabertSettings) -> None:
+@pytest.mark.parametrize("run_id", ["UPPER", "Train-BERT", "a" * 64, "bad..id"])
+async def test_train_with_bad_run_id_flag_exits_2(
+    tmp_path: Path, nowhere: DurabertSettings, run_id: str
+) -> None:
     path = write(tmp_path, "config.yaml", GOOD_YAML)
     captured = Captured()
-    assert await execute(["train", str(path), "--run-id", "UPPER"], nowhere, output=captured) == 2
+    code = await execute(["train", str(path), "--run-id", run_id, "--continue"], nowhere, output=captured)
+    assert code == 2
     assert "--run-id: must be" in captured.stderr
+    assert "cannot reach" not in captured.stderr
 
 
 async def test_good_config_does_contact_temporal(tmp_path: Path, nowhere: DurabertSettings) -> None:
@@ -219,21 +243,25 @@ def _progress(**fields: object) -> TrainingProgress:
     return TrainingProgress.model_validate({"stage": "training", **fields})
 
 
-def test_format_progress_shows_step_loss_checkpoints_attempt_resumes() -> None:
+def test_format_progress_shows_phase_step_loss_checkpoint_and_attempts_apart() -> None:
     latest = CheckpointInfo(epoch=0.5, step=100, path="runs/r/checkpoint-100", timestamp="t")
     progress = _progress(
-        step=120, max_steps=400, epoch=0.6, loss=0.41234, checkpoints_saved=2,
-        latest_checkpoint=latest, attempt=2, resumes=1,
+        step=120, max_steps=400, epoch=0.6, loss=0.41234, checkpoints_saved=2, phase="evaluating",
+        latest_checkpoint=latest, attempt=4, resumes=3, preemptions=2, failures=1,
     )  # fmt: skip
     assert format_progress(progress) == (
-        "training · step 120/400 (30%) · epoch 0.60 · loss 0.4123 · "
-        "checkpoints 2 (latest step 100) · attempt 2 · resumes 1"
+        "training (evaluating) · step 120/400 (30%) · epoch 0.60 · loss 0.4123 · "
+        "latest checkpoint step 100 · attempt 4 · preemptions 2 · failures 1 · resumes 3"
     )
+    # The phase is left out when it repeats the stage; continue-as-new shows once it happened.
+    again = progress.model_copy(update={"phase": "training", "continued_as_new": 1})
+    assert format_progress(again).startswith("training · step 120/400")
+    assert format_progress(again).endswith("resumes 3 · continued as new 1")
 
 
 def test_format_progress_before_training_and_on_failure() -> None:
     assert format_progress(TrainingProgress()) == (
-        "pending · step 0/? · loss - · checkpoints 0 · attempt - · resumes 0"
+        "pending · step 0/? · loss - · no checkpoint yet · attempt - · preemptions 0 · failures 0 · resumes 0"
     )
     failed = _progress(stage="failed", step=5, max_steps=4, error="boom")
     assert format_progress(failed).startswith("failed · step 5/4 (100%)")
@@ -255,13 +283,16 @@ def test_result_rows() -> None:
     result = BertFineTuneResult(
         run_id="r1", config=config, train_loss=0.5, eval_metrics={"eval_accuracy": 0.9},
         training_time_seconds=12.34, num_parameters=10, total_checkpoints_saved=3, global_step=40,
-        resumed_from_step=20, attempts=2, device="cpu", model_path="runs/r1/model",
+        resumed_from_step=20, attempts=5, preemptions=3, failed_attempts=1, device="cpu",
+        model_path="runs/r1/model",
     )  # fmt: skip
     rows = dict(result_rows(result))
     assert rows["global step"] == "40"
     assert rows["eval_accuracy"] == "0.9000"
     assert rows["resumed from"] == "step 20"
-    assert rows["attempts"] == "2"
+    assert rows["attempts"] == "5"
+    assert rows["preemptions"] == "3"
+    assert rows["failed attempts"] == "1"
     assert rows["device"] == "cpu"
     assert rows["model"].startswith("runs/r1/model")
     never = dict(result_rows(result.model_copy(update={"resumed_from_step": None})))
@@ -284,3 +315,38 @@ def test_failure_message_digs_out_the_innermost_cause() -> None:
     activity_error.__cause__ = inner
     error = WorkflowFailureError(cause=activity_error)
     assert failure_message(error) == "InvalidInputError: learning_rate: must be > 0"
+    assert failure_type(error) == "InvalidInputError"
+    assert failure_type(WorkflowFailureError(cause=ApplicationError("no type"))) is None
+
+
+# --- live progress: the workflow's answer merged with the running attempt's heartbeat -------
+
+
+def test_merge_progress_takes_live_figures_from_the_heartbeat() -> None:
+    latest = CheckpointInfo(epoch=0.1, step=10, path="runs/r/checkpoints/checkpoint-10", timestamp="t")
+    answer = _progress(step=10, max_steps=100, attempt=3, preemptions=2, latest_checkpoint=latest)
+    newer = latest.model_copy(update={"step": 40, "path": "runs/r/checkpoints/checkpoint-40"})
+    heartbeat = TrainingHeartbeat(
+        phase="evaluating", step=42, max_steps=100, loss=0.5, latest_checkpoint=newer, attempt=3
+    )
+    live = merge_progress("r", answer, heartbeat)
+    assert live.answered
+    assert live.live
+    assert live.progress is not None
+    assert (live.progress.step, live.progress.phase, live.progress.loss) == (42, "evaluating", 0.5)
+    assert live.progress.latest_checkpoint == newer
+    assert live.progress.preemptions == 2  # durable counters stay the workflow's
+
+
+def test_merge_progress_without_an_answer_or_a_heartbeat() -> None:
+    heartbeat = TrainingHeartbeat(phase="training", step=7, max_steps=30, attempt=2)
+    alone = merge_progress("r", None, heartbeat)
+    assert not alone.answered
+    assert alone.progress is not None
+    assert (alone.progress.run_id, alone.progress.stage, alone.progress.step) == ("r", "training", 7)
+    closed = merge_progress("r", _progress(stage="completed", step=30), None)
+    assert closed.answered
+    assert not closed.live
+    assert closed.progress is not None
+    assert closed.progress.step == 30
+    assert merge_progress("r", None, None) == LiveProgress(progress=None, answered=False, live=False)

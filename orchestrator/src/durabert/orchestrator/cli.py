@@ -1,16 +1,17 @@
 """``durabert``: the client CLI (train, status, watch, cancel, infer, runs).
 
 Exit codes: 0 done, 1 the run or the server said no (unknown run, unreachable server, a
-failed run, a run already running), 2 bad input (config file, arguments, settings): bad input
-is refused before Temporal is contacted. :func:`execute` is the whole CLI as a coroutine, so
-tests drive it in-process against a real server; :func:`run` is the console script.
+failed run, a run already running, a run id in use), 2 bad input (config file, arguments,
+settings): bad input is refused before Temporal is contacted. :func:`execute` is the whole CLI
+as a coroutine, so tests drive it in-process against a real server; :func:`run` is the console
+script. What the commands ask of Temporal is in :mod:`~durabert.orchestrator.client_ops`, how
+progress is shown in :mod:`~durabert.orchestrator.progress`; this module parses and prints.
 """
 
 import argparse
 import asyncio
 import contextlib
 import json
-import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -25,9 +26,10 @@ from rich.text import Text
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.service import RPCError
 
-from durabert.orchestrator import client_ops
+from durabert.orchestrator import client_ops, progress
 from durabert.orchestrator.client_ops import (
     RunAlreadyRunningError,
+    RunIdInUseError,
     RunNotFoundError,
     RunNotRunningError,
     RunStatus,
@@ -39,9 +41,11 @@ from durabert.orchestrator.config_file import (
     load_config,
     read_texts,
 )
-from durabert.orchestrator.progress import format_progress, make_view, result_table
+from durabert.orchestrator.progress import format_progress, result_table
 from durabert.shared import names
+from durabert.shared.cli_support import exit_now
 from durabert.shared.client import TemporalUnreachableError, connect_client
+from durabert.shared.errors import ErrorType
 from durabert.shared.logging import bind_run_id, configure_logging
 from durabert.shared.models import BertFineTuneConfig, BertInferenceRequest, BertInferenceResult
 from durabert.shared.settings import DurabertSettings, load_settings
@@ -115,6 +119,46 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _watch_options(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument(
+        "--interval",
+        type=_positive_float,
+        default=DEFAULT_POLL_INTERVAL,
+        metavar="SECONDS",
+        help="seconds between progress reads (default %(default)s)",
+    )
+
+
+def _json_option(sub: argparse.ArgumentParser, what: str) -> None:
+    sub.add_argument("--json", action="store_true", help=f"print {what} as JSON on stdout")
+
+
+def _add_train(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    train = commands.add_parser("train", help="start a training run from a YAML or JSON config")
+    train.add_argument("config", type=Path, metavar="CONFIG", help="config file (.yaml, .yml or .json)")
+    train.add_argument("--run-id", help="run id (default: the config's run_id, else a fresh one)")
+    train.add_argument(
+        "--continue",
+        dest="continue_run",
+        action="store_true",
+        help="extend the earlier run with this --run-id from its newest checkpoint (e.g. to a larger "
+        "max_steps); without it a run id whose earlier run has ended is refused",
+    )
+    train.add_argument("--wait", action="store_true", help="show live progress until the run ends")
+    _watch_options(train)
+    _json_option(train, "the result (with --wait)")
+
+
+def _add_infer(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    infer = commands.add_parser("infer", help="classify texts with a finished run's model")
+    infer.add_argument("run_id", metavar="RUN_ID")
+    infer.add_argument("texts", nargs="*", metavar="TEXT", help="texts to classify")
+    infer.add_argument("--file", type=Path, help="file with one text per line ('-' for stdin)")
+    infer.add_argument("--max-seq-length", type=_positive_int, help="tokens per text (default 128)")
+    infer.add_argument("--batch-size", type=_positive_int, help="texts per forward pass (default 32)")
+    _json_option(infer, "the predictions")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser of every subcommand.
 
@@ -127,50 +171,21 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Settings come from DURABERT_* environment variables, e.g. DURABERT_TEMPORAL__ADDRESS.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def watch_options(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument(
-            "--interval",
-            type=_positive_float,
-            default=DEFAULT_POLL_INTERVAL,
-            metavar="SECONDS",
-            help="seconds between progress queries (default %(default)s)",
-        )
-
-    def json_option(sub: argparse.ArgumentParser, what: str) -> None:
-        sub.add_argument("--json", action="store_true", help=f"print {what} as JSON on stdout")
-
-    train = commands.add_parser("train", help="start a training run from a YAML or JSON config")
-    train.add_argument("config", type=Path, metavar="CONFIG", help="config file (.yaml, .yml or .json)")
-    train.add_argument("--run-id", help="run id (default: the config's run_id, else a fresh one)")
-    train.add_argument("--wait", action="store_true", help="show live progress until the run ends")
-    watch_options(train)
-    json_option(train, "the result (with --wait)")
-
+    _add_train(commands)
     status = commands.add_parser("status", help="show a run's state, progress, result or error")
     status.add_argument("run_id", metavar="RUN_ID")
-    json_option(status, "the status")
-
+    _json_option(status, "the status")
     watch = commands.add_parser("watch", help="show a run's live progress until it ends (Ctrl-C detaches)")
     watch.add_argument("run_id", metavar="RUN_ID")
-    watch_options(watch)
-    json_option(watch, "the result")
-
+    _watch_options(watch)
+    _json_option(watch, "the result")
     cancel = commands.add_parser("cancel", help="cancel a running run (its training stops)")
     cancel.add_argument("run_id", metavar="RUN_ID")
     cancel.add_argument("--wait", action="store_true", help="wait until the run has stopped")
-
-    infer = commands.add_parser("infer", help="classify texts with a finished run's model")
-    infer.add_argument("run_id", metavar="RUN_ID")
-    infer.add_argument("texts", nargs="*", metavar="TEXT", help="texts to classify")
-    infer.add_argument("--file", type=Path, help="file with one text per line ('-' for stdin)")
-    infer.add_argument("--max-seq-length", type=_positive_int, help="tokens per text (default 128)")
-    infer.add_argument("--batch-size", type=_positive_int, help="texts per forward pass (default 32)")
-    json_option(infer, "the predictions")
-
+    _add_infer(commands)
     runs = commands.add_parser("runs", help="list recent training runs and their state")
     runs.add_argument("--limit", type=_positive_int, default=20, help="most runs to list (default 20)")
-    json_option(runs, "the runs")
+    _json_option(runs, "the runs")
     return parser
 
 
@@ -196,28 +211,40 @@ def _ctrl_c_detaches(detach: asyncio.Event | None) -> Iterator[asyncio.Event]:
 
 @dataclass
 class _Context:
+    """What every command handler gets; a command's validated input is bound to its handler."""
+
     args: argparse.Namespace
     settings: DurabertSettings
     client: Client
     output: Output
     detach: asyncio.Event | None
-    config: BertFineTuneConfig | None = None
-    request: BertInferenceRequest | None = None
+    """The test's detach event; None: Ctrl-C detaches (a handler is installed while watching)."""
+
+
+_Handler = Callable[[_Context], Awaitable[int]]
 
 
 def _when(moment: datetime | None) -> str:
     return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S") if moment else "-"
 
 
+def _report_refusal(output: Output, run_id: str, message: str) -> None:
+    """Report a run id in use, refused by the workflow's claim (Temporal forgot the earlier run)."""
+    output.error(f"run {run_id} refused: {message}")
+    output.error(f"to go on, {client_ops.run_id_ways_on(run_id)}")
+
+
 async def _report_watch(ctx: _Context, run_id: str) -> int:
     """Watch a run with the live view and print how it ended."""
     json_mode: bool = ctx.args.json
     output = ctx.output
-    handle = client_ops.training_handle(ctx.client, run_id)
-    view = make_view(output.err if json_mode else output.out)
     with _ctrl_c_detaches(ctx.detach) as detach:
-        outcome: WatchOutcome = await client_ops.watch_run(
-            handle, view, interval=ctx.args.interval, detach=detach
+        outcome: WatchOutcome = await progress.watch(
+            ctx.client,
+            run_id,
+            output.err if json_mode else output.out,
+            interval=ctx.args.interval,
+            detach=detach,
         )
     if outcome.detached:
         output.say(f"detached; the run goes on: durabert watch {run_id}", json_mode=json_mode)
@@ -230,23 +257,32 @@ async def _report_watch(ctx: _Context, run_id: str) -> int:
             output.out.print(result_table(outcome.result))
         return EXIT_OK
     if json_mode:
-        output.json({"run_id": run_id, "status": outcome.status, "error": outcome.error})
-    output.error(f"run {run_id} {outcome.status}: {outcome.error}")
+        output.json(
+            {
+                "run_id": run_id,
+                "status": outcome.status,
+                "error": outcome.error,
+                "error_type": outcome.error_type,
+            }
+        )
+    if outcome.error_type == ErrorType.RUN_ID_IN_USE:
+        _report_refusal(output, run_id, outcome.error or "")
+    else:
+        output.error(f"run {run_id} {outcome.status}: {outcome.error}")
     return EXIT_FAILED
 
 
-async def _train(ctx: _Context) -> int:
+async def _train(ctx: _Context, config: BertFineTuneConfig) -> int:
     args = ctx.args
-    config = ctx.config
-    assert config is not None, "validated before connecting"
     assert config.run_id is not None, "load_config settles the run id"
     run_id = config.run_id
     bind_run_id(run_id)
     handle = await client_ops.start_training(ctx.client, ctx.settings, config)
     say = ctx.output.say
     json_mode = bool(args.json and args.wait)
+    continued = " (continuing the earlier run with this id)" if config.continue_run else ""
     say(
-        f"started run {run_id} (workflow {handle.id} on queue {ctx.settings.queues.orchestrator})",
+        f"started run {run_id}{continued} (workflow {handle.id} on queue {ctx.settings.queues.orchestrator})",
         json_mode=json_mode,
     )
     say(f"Temporal Web UI: {client_ops.web_ui_url(ctx.settings, handle.id)}", json_mode=json_mode)
@@ -263,6 +299,17 @@ async def _watch(ctx: _Context) -> int:
     return await _report_watch(ctx, ctx.args.run_id)
 
 
+def _print_progress(output: Output, state: RunStatus, queue: str) -> None:
+    live = state.live
+    if live is not None and live.progress is not None:
+        output.say(format_progress(live.progress))
+    if state.status == "running" and (live is None or not live.answered):
+        note = "live figures only; " if live is not None and live.progress is not None else ""
+        output.say(
+            f"progress: {note}no answer from the workflow; is an orchestrator worker polling queue {queue}?"
+        )
+
+
 def _print_status(output: Output, state: RunStatus, queue: str) -> None:
     output.out.print(
         f"run {state.run_id}: {state.status} (started {_when(state.start_time)}"
@@ -274,13 +321,12 @@ def _print_status(output: Output, state: RunStatus, queue: str) -> None:
     if state.workflow_type != names.TRAINING_WORKFLOW:
         output.say(f"note: {state.run_id} is a {state.workflow_type} workflow, not a training run")
         return
-    if state.progress is not None:
-        output.say(format_progress(state.progress))
-    elif state.status == "running":
-        output.say(f"progress: no answer; is an orchestrator worker polling queue {queue}?")
+    _print_progress(output, state, queue)
     if state.result is not None:
         output.out.print(result_table(state.result))
-    if state.error:
+    if state.error_type == ErrorType.RUN_ID_IN_USE:
+        _report_refusal(output, state.run_id, state.error or "")
+    elif state.error:
         output.error(f"error: {state.error}")
 
 
@@ -316,9 +362,7 @@ def _predictions_table(result: BertInferenceResult) -> Table:
     return table
 
 
-async def _infer(ctx: _Context) -> int:
-    request = ctx.request
-    assert request is not None, "validated before connecting"
+async def _infer(ctx: _Context, request: BertInferenceRequest) -> int:
     bind_run_id(request.run_id)
     try:
         result = await client_ops.run_inference(ctx.client, ctx.settings, request)
@@ -348,22 +392,20 @@ async def _runs(ctx: _Context) -> int:
     return EXIT_OK
 
 
-_COMMANDS: dict[str, Callable[[_Context], Awaitable[int]]] = {
-    "train": _train,
+_COMMANDS: dict[str, _Handler] = {
     "status": _status,
     "watch": _watch,
     "cancel": _cancel,
-    "infer": _infer,
     "runs": _runs,
 }
+"""Commands whose arguments need no checking beyond argparse's."""
 
 
-def _validate_input(
-    args: argparse.Namespace,
-) -> tuple[BertFineTuneConfig | None, BertInferenceRequest | None]:
-    """Check everything a person typed or wrote before any connection is made."""
+def _prepare(args: argparse.Namespace) -> _Handler:
+    """Check everything a person typed or wrote before any connection; bind it to its handler."""
     if args.command == "train":
-        return load_config(args.config, args.run_id), None
+        config = load_config(args.config, args.run_id, continue_run=args.continue_run)
+        return lambda ctx: _train(ctx, config)
     if args.command == "infer":
         texts = read_texts(args.texts, args.file)
         options = {
@@ -371,8 +413,9 @@ def _validate_input(
             for name, value in (("max_seq_length", args.max_seq_length), ("batch_size", args.batch_size))
             if value is not None
         }
-        return None, build_inference_request(args.run_id, texts, **options)
-    return None, None
+        request = build_inference_request(args.run_id, texts, **options)
+        return lambda ctx: _infer(ctx, request)
+    return _COMMANDS[args.command]
 
 
 async def execute(
@@ -400,7 +443,7 @@ async def execute(
     except SystemExit as exc:  # --help, or argparse's own usage error (already printed)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
-        config, request = _validate_input(args)
+        handler = _prepare(args)
     except UserInputError as exc:
         output.error(str(exc))
         return EXIT_USAGE
@@ -415,10 +458,9 @@ async def execute(
     except TemporalUnreachableError as exc:
         output.error(str(exc))
         return EXIT_FAILED
-    ctx = _Context(args, settings, client, output, detach, config=config, request=request)
     try:
-        return await _COMMANDS[args.command](ctx)
-    except (RunNotFoundError, RunAlreadyRunningError, RunNotRunningError) as exc:
+        return await handler(_Context(args, settings, client, output, detach))
+    except (RunNotFoundError, RunAlreadyRunningError, RunNotRunningError, RunIdInUseError) as exc:
         output.error(str(exc))
     except RPCError as exc:
         output.error(f"Temporal refused the request ({exc.status.name}): {exc.message}")
@@ -443,9 +485,4 @@ def main(argv: list[str] | None = None) -> int:
 
 def run() -> NoReturn:
     """Console script ``durabert``: run :func:`main` and exit with its code."""
-    code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # The SDK's native threads can crash a normal interpreter exit (sdk-python issue 300,
-    # rc 134) after the work is done; everything is flushed, so leave without finalizers.
-    os._exit(code)
+    exit_now(main())

@@ -70,12 +70,13 @@ def read_config_mapping(path: Path) -> dict[str, Any]:
     return data
 
 
-def load_config(path: Path, run_id: str | None = None) -> BertFineTuneConfig:
+def load_config(path: Path, run_id: str | None = None, *, continue_run: bool = False) -> BertFineTuneConfig:
     """Load a training config and settle its run id: flag, then file, then a fresh one.
 
     Args:
         path: A ``.yaml``, ``.yml`` or ``.json`` file of ``BertFineTuneConfig`` fields.
         run_id: The ``--run-id`` flag, which wins over the file's ``run_id``.
+        continue_run: The ``--continue`` flag: sets ``continue_run`` (a file may set it too).
 
     Returns:
         The validated config with ``run_id`` always set.
@@ -91,8 +92,10 @@ def load_config(path: Path, run_id: str | None = None) -> BertFineTuneConfig:
     except ValidationError as exc:
         lines = describe_validation_error(exc).splitlines()
         raise UserInputError("\n".join(f"{path}: {line}" for line in lines)) from None
-    chosen = run_id or config.run_id or generate_run_id()
-    return config.model_copy(update={"run_id": chosen})
+    update: dict[str, Any] = {"run_id": run_id or config.run_id or generate_run_id()}
+    if continue_run:
+        update["continue_run"] = True
+    return config.model_copy(update=update)
 
 
 def read_texts(texts: Sequence[str], file: Path | None, stdin: TextIO | None = None) -> list[str]:

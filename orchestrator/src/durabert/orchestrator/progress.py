@@ -1,9 +1,13 @@
-"""How a training run's progress and result are shown: pure text helpers and two live views.
+"""How a training run's progress and result are shown: text helpers, two live views, and watching.
 
 On a terminal the view is a rich progress bar redrawn in place; anywhere else (a pipe, a CI
 log) it prints one line each time something changes, so logs stay readable and greppable.
+:func:`watch` drives a view from :func:`durabert.orchestrator.client_ops.watch_run` (the data
+side); ``durabert watch``, ``durabert train --wait`` and ``make demo`` all show progress this way.
 """
 
+import asyncio
+from collections.abc import Callable
 from types import TracebackType
 from typing import Protocol
 
@@ -17,7 +21,9 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.table import Table
+from temporalio.client import Client
 
+from durabert.orchestrator.client_ops import LiveProgress, WatchOutcome, watch_run
 from durabert.shared.models import BertFineTuneResult, TrainingProgress
 
 WAITING_TEXT = "waiting for the orchestrator worker to answer"
@@ -25,44 +31,62 @@ WAITING_TEXT = "waiting for the orchestrator worker to answer"
 
 
 def progress_details(progress: TrainingProgress) -> str:
-    """Summarise everything but the step count: loss, checkpoints, attempt, resumes.
+    """Summarise everything but the step count: loss, checkpoint, attempts, preemptions, failures.
 
     Args:
-        progress: The ``get_progress`` answer.
+        progress: The merged progress (see ``client_ops.live_progress``).
 
     Returns:
-        Text such as ``loss 0.4123 · checkpoints 2 (latest step 100) · attempt 2 · resumes 1``.
+        Text such as ``loss 0.4123 · latest checkpoint step 100 · attempt 3 · preemptions 1 ·
+        failures 1 · resumes 2``.
     """
     parts = []
     if progress.epoch:
         parts.append(f"epoch {progress.epoch:.2f}")
     parts.append(f"loss {progress.loss:.4f}" if progress.loss is not None else "loss -")
-    checkpoints = f"checkpoints {progress.checkpoints_saved}"
-    if progress.latest_checkpoint is not None:
-        checkpoints += f" (latest step {progress.latest_checkpoint.step})"
-    parts.append(checkpoints)
+    latest = progress.latest_checkpoint
+    parts.append(f"latest checkpoint step {latest.step}" if latest is not None else "no checkpoint yet")
     parts.append(f"attempt {progress.attempt}" if progress.attempt else "attempt -")
+    # Apart: preemptions never use up max_attempts, failures do.
+    parts.append(f"preemptions {progress.preemptions}")
+    parts.append(f"failures {progress.failures}")
     parts.append(f"resumes {progress.resumes}")
+    if progress.continued_as_new:
+        parts.append(f"continued as new {progress.continued_as_new}")
     if progress.error:
         parts.append(f"error: {progress.error}")
     return " · ".join(parts)
+
+
+def stage_text(progress: TrainingProgress) -> str:
+    """Name the stage, with the running attempt's phase when it says more.
+
+    Args:
+        progress: The merged progress.
+
+    Returns:
+        ``training (evaluating)``, ``snapshotting``, ``completed``, ...
+    """
+    if progress.phase is None or progress.phase == progress.stage:
+        return progress.stage
+    return f"{progress.stage} ({progress.phase})"
 
 
 def format_progress(progress: TrainingProgress) -> str:
     """Render progress as one line (used for status output and non-terminal watching).
 
     Args:
-        progress: The ``get_progress`` answer.
+        progress: The merged progress.
 
     Returns:
-        Text such as ``training · step 120/400 (30%) · epoch 0.60 · loss 0.4123 · ...``.
+        Text such as ``training (training) · step 120/400 (30%) · epoch 0.60 · loss 0.4123 · ...``.
     """
     if progress.max_steps:
         percent = min(100, 100 * progress.step // progress.max_steps)
         steps = f"step {progress.step}/{progress.max_steps} ({percent}%)"
     else:
         steps = f"step {progress.step}/?"
-    return f"{progress.stage} · {steps} · {progress_details(progress)}"
+    return f"{stage_text(progress)} · {steps} · {progress_details(progress)}"
 
 
 def result_rows(result: BertFineTuneResult) -> list[tuple[str, str]]:
@@ -72,7 +96,8 @@ def result_rows(result: BertFineTuneResult) -> list[tuple[str, str]]:
         result: The training workflow's result.
 
     Returns:
-        Rows: run id, steps, losses and eval metrics, resume step, attempts, device, model path.
+        Rows: run id, steps, losses and eval metrics, resume step, attempts, preemptions and
+        failures apart, device, model path.
     """
     rows = [
         ("run id", result.run_id),
@@ -84,6 +109,8 @@ def result_rows(result: BertFineTuneResult) -> list[tuple[str, str]]:
     rows += [
         ("resumed from", resumed),
         ("attempts", str(result.attempts)),
+        ("preemptions", str(result.preemptions)),
+        ("failed attempts", str(result.failed_attempts)),
         ("checkpoints saved", str(result.total_checkpoints_saved)),
         ("device", result.device),
         ("training time", f"{result.training_time_seconds:.1f} s"),
@@ -207,7 +234,7 @@ class BarView:
             self._task,
             total=progress.max_steps,
             completed=progress.step,
-            stage=progress.stage,
+            stage=stage_text(progress),
             details=progress_details(progress),
         )
 
@@ -222,3 +249,36 @@ def make_view(console: Console) -> ProgressView:
         The view.
     """
     return BarView(console) if console.is_terminal else LineView(console)
+
+
+async def watch(
+    client: Client,
+    run_id: str,
+    console: Console,
+    *,
+    interval: float,
+    detach: asyncio.Event,
+    on_progress: Callable[[LiveProgress], None] | None = None,
+) -> WatchOutcome:
+    """Show a run's live progress on ``console`` until it closes or the watcher detaches.
+
+    Args:
+        client: A connected client.
+        run_id: The run id.
+        console: Where the view draws (a bar on a terminal, changed lines elsewhere).
+        interval: Seconds between progress reads.
+        detach: Set (by Ctrl-C) to stop watching; the run goes on.
+        on_progress: Also called with every reading, after the view (the demo kills a
+            worker from here).
+
+    Returns:
+        How watching ended.
+    """
+    with make_view(console) as view:
+
+        def show(reading: LiveProgress) -> None:
+            view.update(reading.progress)
+            if on_progress is not None:
+                on_progress(reading)
+
+        return await watch_run(client, run_id, interval=interval, detach=detach, on_progress=show)

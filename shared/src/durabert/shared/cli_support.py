@@ -1,10 +1,11 @@
-"""Entry-point helper shared by the worker console scripts."""
+"""Entry-point helpers shared by the console scripts (the workers, the ``durabert`` CLI, the demo)."""
 
 import asyncio
 import logging
 import os
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
 from durabert.shared.client import TemporalUnreachableError
 from durabert.shared.logging import configure_logging, get_logger
@@ -26,9 +27,20 @@ def run_worker_main(build_spec: Callable[[DurabertSettings], WorkerSpec]) -> Non
     except TemporalUnreachableError as exc:
         get_logger(__name__).error("cannot start worker", role=spec.role, error=str(exc))
         code = 1
+    exit_now(code)
+
+
+def exit_now(code: int) -> NoReturn:
+    """End a process that used the Temporal SDK: flush logs and streams, then exit at once.
+
+    The SDK's native threads can crash a normal interpreter exit (sdk-python issue 300,
+    rc 134) after the work is done. Every console script (the workers, ``durabert``, the
+    demo) ends here instead, with everything flushed, skipping the finalizers.
+
+    Args:
+        code: The exit code.
+    """
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
-    # The SDK's native threads can crash a normal interpreter exit (sdk-python issue 300,
-    # rc 134) after the drain is done; the work is flushed, so leave without finalizers.
     os._exit(code)
