@@ -130,8 +130,12 @@ async def test_a_stalled_child_is_killed_and_the_retry_resumes(tmp_path, tiny_mo
     assert stalled.latest_checkpoint.step == 4
 
     monkeypatch.undo()
-    retry = request.model_copy(update={"attempt": 2, "resume_from_checkpoint": stalled.latest_checkpoint.path})
-    result = await ActivityEnvironment().run(GpuActivities(gpu_settings(root, tmp_path)).fine_tune_bert, retry)
+    retry = request.model_copy(
+        update={"attempt": 2, "resume_from_checkpoint": stalled.latest_checkpoint.path}
+    )
+    result = await ActivityEnvironment().run(
+        GpuActivities(gpu_settings(root, tmp_path)).fine_tune_bert, retry
+    )
     assert result.resumed_from_step == 4
     assert result.global_step == 16
 

@@ -97,8 +97,12 @@ async def test_two_racing_attempts_one_is_fenced_off_and_nothing_is_lost(tmp_pat
     assert all(seq == 2 for step, seq in writers.items() if step > resumed), writers
     assert writers[48] == 2
     records = history.read(store.run_dir("run-1"))
-    take_over = next(i for i, r in enumerate(records) if isinstance(r, history.AttemptRecord) and r.attempt == 2)
-    assert all(r.attempt == 2 for r in records[take_over:]), "the fenced-off attempt wrote history after the take-over"
+    take_over = next(
+        i for i, r in enumerate(records) if isinstance(r, history.AttemptRecord) and r.attempt == 2
+    )
+    assert all(r.attempt == 2 for r in records[take_over:]), (
+        "the fenced-off attempt wrote history after the take-over"
+    )
     assert not list((store.run_dir("run-1") / "staging").glob("*/checkpoint-*"))
     with pytest.raises(ChildExited):
         await old.next_event(1)

@@ -88,7 +88,9 @@ async def test_killed_run_resumes_from_complete_checkpoint_and_matches_uninterru
     # The published folder is a working classifier that learnt the toy data.
     assert resumed.eval_metrics["eval_accuracy"] >= 0.9
     classify = pipeline("text-classification", model=str(model_dir), device="cpu")
-    answers = classify(["the film was wonderful and the cast felt superb", "the story was dull and the pacing felt awful"])
+    answers = classify(
+        ["the film was wonderful and the cast felt superb", "the story was dull and the pacing felt awful"]
+    )
     assert [answer["label"] for answer in answers] == ["positive", "negative"]
 
 
@@ -167,11 +169,15 @@ def test_training_a_finished_run_again_republishes_from_its_final_checkpoint(
     assert manifest["resume_points"] == [max_steps]
 
 
-def test_continuing_a_finished_run_to_more_steps_trains_on_from_its_final_checkpoint(tmp_path, tiny_model_dir):
+def test_continuing_a_finished_run_to_more_steps_trains_on_from_its_final_checkpoint(
+    tmp_path, tiny_model_dir
+):
     snapshot = write_snapshot(tmp_path)
     settings = settings_for(tmp_path, tmp_path)
     first = run_training(
-        make_job(make_request(tiny_model_dir, snapshot, max_steps=8), settings), lambda e: None, threading.Event()
+        make_job(make_request(tiny_model_dir, snapshot, max_steps=8), settings),
+        lambda e: None,
+        threading.Event(),
     )
     longer = make_request(tiny_model_dir, snapshot, max_steps=12, continue_run=True)
     extended = run_training(make_job(longer, settings), lambda e: None, threading.Event())

@@ -140,13 +140,17 @@ class TrainingAttempt:
                 self.reporter.heartbeat()
                 continue
             self._observe(event)
-            if isinstance(event, DoneEvent):
-                return event.result
-            if isinstance(event, ErrorEvent):
-                raise _error_of(event)
-            if isinstance(event, StoppedEvent):
-                # Stopped without being asked (its control pipe broke): retry from its checkpoint.
-                raise self._failure(ErrorType.PROCESS_DIED, f"stopped unexpectedly at step {event.step}")
+            if isinstance(event, DoneEvent | ErrorEvent | StoppedEvent):
+                return self._finished(event)
+
+    def _finished(self, event: Terminal) -> BertFineTuneResult:
+        """The result of a child that ended by itself, or the error it ended with."""
+        if isinstance(event, DoneEvent):
+            return event.result
+        if isinstance(event, ErrorEvent):
+            raise _error_of(event)
+        # Stopped without being asked (its control pipe broke): retry from its checkpoint.
+        raise self._failure(ErrorType.PROCESS_DIED, f"stopped unexpectedly at step {event.step}")
 
     def _observe(self, event: TrainingEvent) -> None:
         self.watchdog.observe(event)
@@ -165,10 +169,8 @@ class TrainingAttempt:
             )
         log.warning("worker shutting down: checkpointing and stopping training", run_id=self.run_id)
         final = await self._stop_child()
-        if isinstance(final, DoneEvent):
-            return final.result  # it finished before the stop landed
-        if isinstance(final, ErrorEvent):
-            raise _error_of(final)
+        if isinstance(final, DoneEvent | ErrorEvent):
+            return self._finished(final)  # it finished (or failed) before the stop landed
         raise self._failure(
             ErrorType.PREEMPTED,
             "stopped because the worker is shutting down; a retry on another worker resumes",
