@@ -1,5 +1,6 @@
 """The demo data step, against a fake sdist with the real layout (no network in tests)."""
 
+import gzip
 import hashlib
 import io
 import json
@@ -21,12 +22,14 @@ SNIPPETS = (
 
 def _tar_gz(members: dict[str, bytes]) -> bytes:
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
         for name, data in members.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)
             archive.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
+    # A fixed gzip timestamp: the fixture hashes one build of the sdist and the fake download
+    # builds another, which must be byte-identical even when a second ticks over in between.
+    return gzip.compress(buffer.getvalue(), mtime=0)
 
 
 def _fake_sdist(folder: Path) -> Path:

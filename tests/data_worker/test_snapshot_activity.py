@@ -160,5 +160,5 @@ async def test_console_worker_logs_each_snapshot(
     assert created["run_id"] == "logged-run"
     assert created["snapshot_id"] == first.snapshot_id
     assert created["rows"] == 40
-    assert created["seconds"] >= 0
+    assert created["seconds"] > 0  # a missing or zero figure fails (no upper bound: no timing assertions)
     assert reused["run_id"] == "second-run"

@@ -176,3 +176,29 @@ def test_snapshot_ids_of_existing_stores_do_not_change(
     assert result.data_hash == digest
     assert result.snapshot_id == digest[:16]
     assert (result.num_train_samples, result.num_eval_samples) == rows
+
+
+@pytest.mark.parametrize("chunk", [None, 1, 7, 64])
+def test_streamed_hash_equals_the_hash_of_the_taken_splits(chunk: int | None, monkeypatch) -> None:
+    # The data worker hashes batch by batch (stream_hash) what take_and_hash hashes as whole tables;
+    # tiny batches force many cuts, with rows straddling them.
+    from durabert.data_worker import hashing
+
+    monkeypatch.setattr(hashing, "ROW_BATCH_BYTES", 50)
+    monkeypatch.setattr(hashing, "HASH_SLICE_BYTES", 30)
+    rng = random.Random(5)
+    texts = [
+        "",
+        "x",
+        *(
+            " ".join(rng.choice(["good", "bad", "plot"]) for _ in range(rng.randint(1, 9)))
+            for _ in range(300)
+        ),
+    ]
+    labels = [rng.randint(0, 1) for _ in texts]
+    table = _table(texts, labels, chunk=chunk)
+    order = content_order(table, COLUMNS, 3)
+    splits = {"train": (table, order[40:]), "eval": (table, order[:40])}
+    _, expected = hashing.take_and_hash(splits, COLUMNS, ["neg", "pos"])
+    assert hashing.stream_hash(splits, COLUMNS, ["neg", "pos"]) == expected
+    assert len(hashing.row_batches(table, order, COLUMNS)) > 10

@@ -31,6 +31,9 @@ SNAPSHOT_ID_LENGTH: Final = 16
 """Hex characters of the hash that form the snapshot id (64 bits)."""
 HASH_SLICE_BYTES: Final = 64 << 20
 """Largest buffer slice hashed between two progress callbacks (heartbeats, cancellation)."""
+ROW_BATCH_BYTES: Final = 16 << 20
+"""Content taken into stored order at a time, when hashing and writing: the memory a snapshot
+needs beyond its memory-mapped source. Smaller batches cost more calls, larger ones memory."""
 
 _U64 = np.uint64
 _GOLDEN = _U64(0x9E37_79B9_7F4A_7C15)
@@ -124,6 +127,38 @@ def _column_keys(column: pa.ChunkedArray) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, dtype=_U64)
 
 
+def take_rows(column: pa.ChunkedArray, rows: np.ndarray) -> pa.Array:
+    """Take rows of a chunked column, in the given order, without concatenating its chunks.
+
+    Arrow's own ``take`` on a chunked string column concatenates every chunk first: a copy of
+    the whole column (the ``datasets`` cache holds thousands of chunks) for each call, however
+    few rows are taken. Here each chunk gives its own rows and only those are put in order.
+
+    Args:
+        column: The column (any number of chunks).
+        rows: Row indices into the whole column.
+
+    Returns:
+        One array of ``len(rows)`` values.
+    """
+    if column.num_chunks == 1:
+        return column.chunk(0).take(pa.array(rows, type=pa.int64()))
+    if len(rows) == 0 or column.num_chunks == 0:
+        return pa.array([], type=column.type)
+    starts = np.cumsum([0, *(len(chunk) for chunk in column.chunks)])
+    chunk_of = np.asarray(np.searchsorted(starts, rows, side="right"), dtype=np.int64) - 1
+    by_chunk = np.argsort(chunk_of, kind="stable")
+    groups = np.split(by_chunk, np.flatnonzero(np.diff(chunk_of[by_chunk])) + 1)
+    pieces = [
+        column.chunk(int(chunk_of[group[0]])).take(pa.array(rows[group] - starts[chunk_of[group[0]]]))
+        for group in groups
+    ]
+    gathered = pa.concat_arrays(pieces)  # rows grouped by chunk; put them back in the asked order
+    inverse = np.empty_like(by_chunk)
+    inverse[by_chunk] = np.arange(len(by_chunk))
+    return gathered.take(pa.array(inverse))
+
+
 def row_keys(table: pa.Table, columns: Sequence[str], seed: int) -> np.ndarray:
     """Compute a seeded 64-bit key per row from the content of ``columns``.
 
@@ -187,7 +222,7 @@ def content_order(table: pa.Table, columns: Sequence[str], seed: int) -> np.ndar
         in_tie[:-1] |= tied
         positions = np.flatnonzero(in_tie)
         rows = order[positions]
-        subset = table.select(list(columns)).take(pa.array(rows))
+        subset = pa.table({name: take_rows(table.column(name), rows) for name in columns})
         subset = subset.append_column("__key", pa.array(keys[rows]))
         sort_keys = [("__key", "ascending")] + [(name, "ascending") for name in columns]
         within = pc.sort_indices(subset, sort_keys=sort_keys).to_numpy()
@@ -293,6 +328,77 @@ def take_and_hash(
         stored[name] = pa.table({column: source.column(column).take(indices) for column in columns})
         progress("taken")
     return stored, data_hash(stored, columns, label_names, progress)
+
+
+def _row_bytes(table: pa.Table, columns: Sequence[str]) -> np.ndarray:
+    """Bytes each row of ``table`` holds in ``columns`` (text lengths, 8 per integer)."""
+    sizes: np.ndarray = np.zeros(table.num_rows, dtype=np.int64)
+    for name in columns:
+        column = table.column(name)
+        sizes += _lengths(column) if _is_text(column.type) else 8
+    return sizes
+
+
+def row_batches(table: pa.Table, rows: np.ndarray, columns: Sequence[str]) -> list[np.ndarray]:
+    """Cut row indices into consecutive batches of about :data:`ROW_BATCH_BYTES` of content each.
+
+    Args:
+        table: The table the indices refer to.
+        rows: Row indices in stored order.
+        columns: The stored columns.
+
+    Returns:
+        Slices of ``rows`` (views, in order); one empty batch when there are no rows.
+    """
+    if len(rows) == 0:
+        return [rows]
+    ends = np.cumsum(_row_bytes(table, columns)[rows])
+    cuts = np.searchsorted(ends, np.arange(ROW_BATCH_BYTES, int(ends[-1]), ROW_BATCH_BYTES), side="right")
+    return [batch for batch in np.split(rows, np.unique(cuts)) if len(batch)]
+
+
+def _hash_text_column(
+    digest: "hashlib._Hash", column: pa.ChunkedArray, batches: Sequence[np.ndarray], progress: Progress
+) -> None:
+    rows = np.concatenate(batches)
+    _update_array(digest, _lengths(column)[rows].astype("<u8"))
+    for batch in batches:
+        taken = take_rows(column, batch)  # one batch at a time: bounded memory
+        _update_text_bytes(digest, pa.chunked_array([taken]), progress)
+
+
+def stream_hash(
+    splits: Mapping[str, tuple[pa.Table, np.ndarray]],
+    columns: Sequence[str],
+    label_names: Sequence[str],
+    progress: Progress = _noop,
+) -> str:
+    """The :func:`data_hash` of the splits :func:`take_and_hash` would store, without storing them.
+
+    The same bytes reach the digest in the same order (so snapshot ids do not change), but rows are
+    taken a batch at a time and dropped once hashed: memory holds one batch, never a copy of the
+    dataset. Sources may have any number of chunks (Arrow takes from chunked columns directly).
+
+    Args:
+        splits: Split name to ``(source table, row indices in stored order)``.
+        columns: Columns to hash, in a fixed order.
+        label_names: Sorted label names.
+        progress: Called between batches; raising from it stops the work.
+
+    Returns:
+        The hex digest.
+    """
+    digest = _header(columns, label_names, {name: len(rows) for name, (_, rows) in splits.items()})
+    for source, rows in splits.values():
+        batches = row_batches(source, rows, columns)
+        for name in columns:
+            column = source.column(name)
+            if _is_text(column.type):
+                _hash_text_column(digest, column, batches, progress)
+            else:
+                _update_array(digest, _integers(column)[rows])
+        progress("hashed")
+    return digest.hexdigest()
 
 
 def snapshot_id_for(digest: str) -> str:

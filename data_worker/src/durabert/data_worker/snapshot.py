@@ -19,9 +19,9 @@ from temporalio.exceptions import ApplicationError
 
 from durabert.data_worker.columns import Fields, encode_labels, request_fields, select_columns
 from durabert.data_worker.failures import redacted_failure
-from durabert.data_worker.hashing import HASH_FORMAT, content_order, snapshot_id_for, take_and_hash
+from durabert.data_worker.hashing import HASH_FORMAT, content_order, snapshot_id_for, stream_hash
 from durabert.data_worker.sources import describe_source, load_source, resolve_source, source_field
-from durabert.data_worker.store import publish_snapshot, table_writer
+from durabert.data_worker.store import publish_snapshot, streaming_writer
 from durabert.shared.artifacts import ArtifactStore
 from durabert.shared.errors import invalid_input
 from durabert.shared.models import DatasetSnapshotRequest, DatasetSnapshotResult
@@ -153,6 +153,9 @@ def _load_labelled(
     source = describe_source(request)
     progress("loading")
     loaded = load_source(request, resolved, trust_remote_code=request.trust_remote_code)
+    # Parsing the source (JSON, CSV) leaves Arrow's allocator holding freed blocks that numpy
+    # (another allocator) cannot reuse: hand them back before ordering and hashing.
+    pa.default_memory_pool().release_unused()
     progress("loaded")
     # Keyed by the source's split names, so that messages name the split the user knows.
     raw = {"train": select_columns(loaded.train, fields, "train", source)}
@@ -235,24 +238,20 @@ def _build(
 ) -> DatasetSnapshotResult:
     labelled = _load_labelled(request, settings, progress)
     columns = labelled.fields.stored
-    # One chunk per column: the datasets cache holds many small record batches, and both the
-    # content keys and the takes run faster over one contiguous buffer than over many.
-    tables = {split: table.combine_chunks() for split, table in labelled.tables.items()}
+    # The tables stay as loaded (chunked, memory-mapped from the datasets cache): ordering, hashing
+    # and writing read them in place and copy one batch at a time, so memory never holds a second
+    # copy of the dataset (combining chunks and taking whole splits once held two).
+    tables = labelled.tables
     eval_table = tables[labelled.eval_split] if labelled.eval_split is not None else None
     source = describe_source(request)
     train_rows, eval_rows, eval_source = split_rows(tables["train"], eval_table, request, columns, source)
     progress("ordered")
-    splits, digest = take_and_hash(
-        {"train": (tables["train"], train_rows), "eval": (eval_source, eval_rows)},
-        columns,
-        labelled.label_names,
-        progress,
-    )
-    counts = {split: table.num_rows for split, table in splits.items()}
-    manifest = _manifest(request, labelled, digest, counts)
+    stored = {"train": (tables["train"], train_rows), "eval": (eval_source, eval_rows)}
+    digest = stream_hash(stored, columns, labelled.label_names, progress)
+    manifest = _manifest(request, labelled, digest, {"train": len(train_rows), "eval": len(eval_rows)})
     store = ArtifactStore(settings.artifact_root)
-    stored, cache_hit = publish_snapshot(store, manifest, table_writer(splits), progress)
-    return _result(request, stored, store.relative(store.snapshot_dir(stored.snapshot_id)), cache_hit)
+    published, cache_hit = publish_snapshot(store, manifest, streaming_writer(stored, columns), progress)
+    return _result(request, published, store.relative(store.snapshot_dir(published.snapshot_id)), cache_hit)
 
 
 def create_snapshot(

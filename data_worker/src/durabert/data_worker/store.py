@@ -10,14 +10,16 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Final
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import ValidationError
 
+from durabert.data_worker.hashing import row_batches, take_rows
 from durabert.shared.artifacts import ArtifactStore
 from durabert.shared.errors import configuration_error
 from durabert.shared.snapshot_layout import MANIFEST_FILE, SnapshotManifest, read_manifest
@@ -75,19 +77,36 @@ SplitWriter = Callable[[Path, SnapshotManifest], None]
 """Writes a snapshot's split files into a folder, at the names the manifest lists."""
 
 
-def table_writer(splits: Mapping[str, pa.Table]) -> SplitWriter:
-    """A :data:`SplitWriter` for splits already held as tables.
+def streaming_writer(
+    splits: Mapping[str, tuple[pa.Table, np.ndarray]], columns: Sequence[str]
+) -> SplitWriter:
+    """A :data:`SplitWriter` that takes the stored rows from their source a batch at a time.
+
+    Each batch becomes a Parquet row group and is dropped once written, so writing never holds
+    a copy of the whole dataset (the source itself is memory-mapped).
 
     Args:
-        splits: ``train`` and ``eval`` tables to store.
+        splits: Split name to ``(source table, row indices in stored order)``.
+        columns: The stored columns, in order.
 
     Returns:
         The writer.
     """
 
     def write(folder: Path, manifest: SnapshotManifest) -> None:
-        for split, table in splits.items():
-            pq.write_table(table, folder / manifest.files[split], compression="zstd")
+        for split, (source, rows) in splits.items():
+            writer: pq.ParquetWriter | None = None
+            try:
+                for batch in row_batches(source, rows, columns):
+                    table = pa.table({name: take_rows(source.column(name), batch) for name in columns})
+                    if writer is None:
+                        writer = pq.ParquetWriter(
+                            folder / manifest.files[split], table.schema, compression="zstd"
+                        )
+                    writer.write_table(table)
+            finally:
+                if writer is not None:
+                    writer.close()
 
     return write
 
