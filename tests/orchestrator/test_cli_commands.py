@@ -22,9 +22,10 @@ import pytest
 from cli_capture import Captured
 from fake_runs import CLAIMED_PREFIX, UNKNOWN_RUN, FakeTrainer, training_worker, workflow_worker
 from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.service import RPCError
 from temporalio.worker import Worker
 
-from durabert.orchestrator import client_ops
+from durabert.orchestrator import client_ops, demo
 from durabert.orchestrator.cli import execute
 from durabert.orchestrator.devserver import DevServer, free_port
 from durabert.shared import names
@@ -100,7 +101,11 @@ def new_run_id() -> str:
 async def live_step(client: Client, run_id: str, step: int) -> None:
     """Wait until the server holds a heartbeat of ``step`` (read raw: the code under test is not used)."""
     while True:
-        description = await client.get_workflow_handle(run_id).describe()
+        try:
+            description = await client.get_workflow_handle(run_id).describe()
+        except RPCError:  # not started yet
+            await asyncio.sleep(0.05)
+            continue
         for pending in description.raw_description.pending_activities:
             if pending.heartbeat_details.payloads:
                 [details] = await client.data_converter.decode(pending.heartbeat_details.payloads)
@@ -534,3 +539,60 @@ async def test_status_without_an_orchestrator_worker_shows_the_live_heartbeat(
         assert "training · step 3/4 (75%)" in out.stdout
         assert "progress: live figures only; no answer from the workflow" in out.stdout
         await client.get_workflow_handle(run_id).terminate()
+
+
+class GpuStandIn:
+    """Stands in for the demo's worker processes: a ``sleep`` per GPU worker, to be SIGKILLed."""
+
+    def __init__(self) -> None:
+        self.running = {"gpu": subprocess.Popen(["sleep", "600"])}
+        self.started: list[str] = []
+
+    def start(self, role: str, tag: str = "") -> subprocess.Popen[bytes]:
+        self.started.append(role + tag)
+        self.running[role] = subprocess.Popen(["sleep", "600"])
+        return self.running[role]
+
+
+async def _killed(preemption: demo.Preemption, running: "asyncio.Task[Any]") -> None:
+    while preemption.killed_at is None:
+        assert not running.done(), running
+        await asyncio.sleep(0.05)
+
+
+async def test_the_demo_is_a_client_like_the_cli(
+    client: Client,
+    cli_settings: DurabertSettings,
+    trainer: FakeTrainer,
+    worker: Worker,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    run_id = new_run_id()
+    config = BertFineTuneConfig(dataset_name="json", data_files="x.jsonl", max_steps=MAX_STEPS, run_id=run_id)
+    stand_in = GpuStandIn()
+    first_gpu = stand_in.running["gpu"]
+    preemption = demo.Preemption(stand_in, armed=True)  # type: ignore[arg-type]
+    try:
+        running = asyncio.create_task(demo.train_and_infer(client, cli_settings, config, preemption))
+        await drive(trainer, client, run_id, range(1, 3))
+        # The first checkpoint (step 2) is only in the attempt's heartbeat, never in the query
+        # answer: the demo sees it, kills "the GPU worker" and starts a fresh one.
+        await asyncio.wait_for(_killed(preemption, running), timeout=60)
+        assert first_gpu.wait() == -signal.SIGKILL
+        assert stand_in.started == ["gpu-2"]
+        await drive(trainer, client, run_id, range(3, MAX_STEPS + 1))
+        result, prediction, _, _ = await running
+    finally:
+        for process in (first_gpu, *stand_in.running.values()):
+            process.kill()
+            process.wait()
+    assert result.global_step == MAX_STEPS
+    # The fake inference workflow, reached through the CLI's run_inference (queue and memo).
+    assert prediction.texts == demo.DEMO_SENTENCES
+    assert prediction.predicted_label_names == ["negative"] * len(demo.DEMO_SENTENCES)
+    shown = capsys.readouterr().out
+    assert "training · step 2/4 (50%)" in shown  # durabert watch's progress line
+    assert client_ops.web_ui_url(cli_settings, run_id) in shown
+    # Started with durabert train's id policies: the closed run's id is refused.
+    with pytest.raises(client_ops.RunIdInUseError, match=f"run_id {run_id} is in use"):
+        await demo.train_and_infer(client, cli_settings, config, demo.Preemption(stand_in, armed=False))  # type: ignore[arg-type]

@@ -41,13 +41,13 @@ from durabert.orchestrator.config_file import (
     load_config,
     read_texts,
 )
-from durabert.orchestrator.progress import format_progress, result_table
+from durabert.orchestrator.progress import format_progress, predictions_table, result_table
 from durabert.shared import names
 from durabert.shared.cli_support import exit_now
 from durabert.shared.client import TemporalUnreachableError, connect_client
 from durabert.shared.errors import ErrorType
 from durabert.shared.logging import bind_run_id, configure_logging
-from durabert.shared.models import BertFineTuneConfig, BertInferenceRequest, BertInferenceResult
+from durabert.shared.models import BertFineTuneConfig, BertInferenceRequest
 from durabert.shared.settings import DurabertSettings, load_settings
 
 EXIT_OK = 0
@@ -353,15 +353,6 @@ async def _cancel(ctx: _Context) -> int:
     return EXIT_OK
 
 
-def _predictions_table(result: BertInferenceResult) -> Table:
-    table = Table("text", "label", "confidence")
-    for text, label, confidence in zip(
-        result.texts, result.predicted_label_names, result.confidences, strict=True
-    ):
-        table.add_row(Text(text), Text(label), f"{confidence:.3f}")
-    return table
-
-
 async def _infer(ctx: _Context, request: BertInferenceRequest) -> int:
     bind_run_id(request.run_id)
     try:
@@ -372,7 +363,7 @@ async def _infer(ctx: _Context, request: BertInferenceRequest) -> int:
     if ctx.args.json:
         ctx.output.json(result.model_dump(mode="json"))
     else:
-        ctx.output.out.print(_predictions_table(result))
+        ctx.output.out.print(predictions_table(result))
         ctx.output.say(f"run {result.run_id} · device {result.device}")
     return EXIT_OK
 

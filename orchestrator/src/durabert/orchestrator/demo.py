@@ -2,10 +2,14 @@
 
 Starts a local Temporal server and the three workers as separate processes, fetches the
 Rotten Tomatoes snippets, fine-tunes the packaged all-MiniLM-L6-v2 on them, SIGKILLs the GPU
-worker after its first checkpoint and starts a fresh one, shows the run resume, runs
+worker once a checkpoint is complete and starts a fresh one, shows the run resume, runs
 inference, prints the figures, and stops everything it started, by PID.
 
-It drives the processes and the Temporal client only; no ML library is imported here.
+The demo is a client like any other: it starts the run, follows it and runs inference with
+the same functions and progress view as ``durabert train``, ``durabert watch`` and
+``durabert infer`` (:mod:`~durabert.orchestrator.client_ops`, :mod:`~durabert.orchestrator.progress`),
+so what it shows is what a user gets. It drives processes and the Temporal client only; no ML
+library, and no other role's package, is imported here.
 """
 
 import argparse
@@ -15,24 +19,27 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
+from contextlib import ExitStack
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 from typing import IO
 
 import yaml
-from temporalio.client import Client, WorkflowHandle
+from rich.console import Console
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+from temporalio.client import Client
 
+from durabert.orchestrator import client_ops, progress
+from durabert.orchestrator.client_ops import DEV_SERVER_UI_PORT, LiveProgress
+from durabert.orchestrator.config_file import build_inference_request
 from durabert.orchestrator.devserver import DevServer
-from durabert.shared import names
+from durabert.orchestrator.run_ids import generate_run_id
+from durabert.shared.cli_support import exit_now
 from durabert.shared.client import connect_client
-from durabert.shared.models import (
-    BertFineTuneConfig,
-    BertFineTuneResult,
-    BertInferenceRequest,
-    BertInferenceResult,
-    TrainingProgress,
-)
+from durabert.shared.models import BertFineTuneConfig, BertFineTuneResult, BertInferenceResult
 from durabert.shared.settings import DurabertSettings
 
 DEMO_SENTENCES = [
@@ -41,12 +48,15 @@ DEMO_SENTENCES = [
     "An instant classic: I would watch it again tomorrow.",
     "Two hours of my life I will never get back.",
 ]
-BIN_DIR = Path(sys.executable).parent
-WORKER_SCRIPTS = {
-    "orchestrator": "durabert-orchestrator-worker",
+"""Texts classified with the trained model at the end."""
+WORKER_DISTRIBUTIONS = {
+    "orchestrator": "durabert-orchestrator",
     "data": "durabert-data-worker",
     "gpu": "durabert-gpu-worker",
 }
+"""The distribution of each worker role; its console script is looked up in its metadata."""
+POLL_INTERVAL = 1.0
+"""Seconds between progress reads (``durabert watch``'s default)."""
 
 
 def demo_config(data_file: Path, run_id: str) -> BertFineTuneConfig:
@@ -78,31 +88,59 @@ def demo_config(data_file: Path, run_id: str) -> BertFineTuneConfig:
     )
 
 
+def worker_script(role: str) -> Path:
+    """Find a worker role's console script, as its package declares it (``<pkg>.worker:main``).
+
+    Args:
+        role: ``orchestrator``, ``data`` or ``gpu``.
+
+    Returns:
+        The executable beside this interpreter.
+
+    Raises:
+        RuntimeError: The role's package is not installed (run ``make setup``).
+    """
+    try:
+        scripts = distribution(WORKER_DISTRIBUTIONS[role]).entry_points.select(group="console_scripts")
+    except PackageNotFoundError:
+        raise RuntimeError(f"{WORKER_DISTRIBUTIONS[role]} is not installed; run `make setup`") from None
+    [script] = [entry for entry in scripts if entry.value.endswith(".worker:main")]
+    return Path(sys.executable).parent / script.name
+
+
 @dataclass
 class Processes:
     """The worker processes the demo started, so it can stop exactly those."""
 
     env: dict[str, str]
+    """Environment of every worker (the demo's server, store and log format)."""
     log_dir: Path
+    """Folder of the workers' JSON logs."""
     running: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    """The newest process of each role."""
+    started: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    """Every process started, the killed ones included."""
     logs: list[IO[bytes]] = field(default_factory=list)
+    """Open log files, closed at the end."""
 
     def start(self, role: str, tag: str = "") -> subprocess.Popen[bytes]:
         """Start one worker role; its JSON log goes to ``<log_dir>/<role><tag>.log``."""
-        log = (self.log_dir / f"{role}{tag}.log").open("wb")
+        log_path = self.log_dir / f"{role}{tag}.log"
+        log = log_path.open("wb")
         self.logs.append(log)
-        process = subprocess.Popen(
-            [str(BIN_DIR / WORKER_SCRIPTS[role])], env=self.env, stdout=log, stderr=subprocess.STDOUT
-        )
+        script = worker_script(role)
+        process = subprocess.Popen([str(script)], env=self.env, stdout=log, stderr=subprocess.STDOUT)
         self.running[role] = process
+        self.started.append(process)
+        say(f"started {script.name} (pid {process.pid}), log {log_path}")
         return process
 
     def stop_all(self) -> None:
         """SIGTERM every worker, wait for it to drain, SIGKILL what does not stop."""
-        for process in self.running.values():
+        for process in self.started:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
-        for process in self.running.values():
+        for process in self.started:
             try:
                 process.wait(timeout=60)
             except subprocess.TimeoutExpired:
@@ -118,19 +156,31 @@ def say(message: str) -> None:
 
 
 def fetch_data(data_dir: Path) -> Path:
-    """Run the data worker's demo data step (downloads a pinned sdist from the package index)."""
-    subprocess.run(
-        [sys.executable, "-m", "durabert.data_worker.demo_data", "--data-dir", str(data_dir)], check=True
+    """Run the data worker's demo data step; it names the file it wrote.
+
+    The step is the data worker's code (it downloads a pinned sdist from the package index):
+    it runs in a process of its own, as the workers do, so this package imports no other role.
+
+    Args:
+        data_dir: The data folder.
+
+    Returns:
+        The JSONL the step wrote (or found valid).
+    """
+    code = (
+        "import sys, pathlib\n"
+        "from durabert.data_worker.demo_data import fetch\n"
+        "print(fetch(pathlib.Path(sys.argv[1]))[0])"
     )
-    return data_dir / "vader_movie_reviews.jsonl"
+    # stdout carries the path; pip's and the step's messages go on to the terminal (stderr).
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(data_dir)], check=True, stdout=subprocess.PIPE, text=True
+    )
+    return Path(done.stdout.strip().splitlines()[-1])
 
 
 async def wait_for_workers(client: Client, settings: DurabertSettings, timeout: float = 120) -> None:
     """Wait until each task queue has a poller, so the run starts on live workers."""
-    from temporalio.api.enums.v1 import TaskQueueType
-    from temporalio.api.taskqueue.v1 import TaskQueue
-    from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
-
     wanted = [
         (settings.queues.orchestrator, TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW),
         (settings.queues.data, TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY),
@@ -138,68 +188,48 @@ async def wait_for_workers(client: Client, settings: DurabertSettings, timeout: 
     ]
     deadline = time.monotonic() + timeout
     for queue, kind in wanted:
-        while True:
-            response = await client.workflow_service.describe_task_queue(
-                DescribeTaskQueueRequest(
-                    namespace=client.namespace, task_queue=TaskQueue(name=queue), task_queue_type=kind
-                )
-            )
-            if response.pollers:
-                break
+        request = DescribeTaskQueueRequest(
+            namespace=client.namespace, task_queue=TaskQueue(name=queue), task_queue_type=kind
+        )
+        while not (await client.workflow_service.describe_task_queue(request)).pollers:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no worker polls {queue}; see the worker logs")
             await asyncio.sleep(0.5)
 
 
-async def follow(
-    handle: WorkflowHandle[object, BertFineTuneResult],
-    processes: Processes,
-    kill: bool,
-) -> tuple[BertFineTuneResult, float | None]:
-    """Print progress until the run ends; SIGKILL the GPU worker after its first checkpoint.
+@dataclass
+class Preemption:
+    """SIGKILLs the GPU worker once the run has a complete checkpoint, then starts a fresh one."""
 
-    Returns:
-        The result and the time the kill happened (None without a kill).
-    """
+    processes: Processes
+    """Where the GPU worker runs."""
+    armed: bool
+    """Whether to kill at all (``make demo KILL=0`` does not)."""
     killed_at: float | None = None
-    last = ""
-    task = asyncio.ensure_future(handle.result())
-    while not task.done():
-        progress = await handle.query(names.GET_PROGRESS_QUERY, result_type=TrainingProgress)
-        line = (
-            f"{progress.stage}: step {progress.step}/{progress.max_steps or '?'}"
-            f" loss {progress.loss if progress.loss is None else round(progress.loss, 4)}"
-            f" checkpoints {progress.checkpoints_saved} attempt {progress.attempt}"
-            f" resumes {progress.resumes}"
+    """``time.monotonic()`` of the kill."""
+
+    def __call__(self, reading: LiveProgress) -> None:
+        """Look at one progress reading (the live heartbeat carries the newest checkpoint)."""
+        latest = reading.progress.latest_checkpoint if reading.progress else None
+        if not self.armed or self.killed_at is not None or latest is None:
+            return
+        gpu = self.processes.running["gpu"]
+        say(
+            f"checkpoint at step {latest.step} is complete: "
+            f"SIGKILL the GPU worker (pid {gpu.pid}) to simulate a preempted node"
         )
-        if line != last:
-            say(line)
-            last = line
-        if kill and killed_at is None and progress.latest_checkpoint is not None:
-            gpu = processes.running["gpu"]
-            say(
-                f"checkpoint at step {progress.latest_checkpoint.step} is complete: "
-                f"SIGKILL the GPU worker (pid {gpu.pid}) to simulate a preempted node"
-            )
-            gpu.send_signal(signal.SIGKILL)
-            gpu.wait()
-            killed_at = time.monotonic()
-            fresh = processes.start("gpu", tag="-2")
-            say(f"started a fresh GPU worker (pid {fresh.pid}); the dead one is noticed by its heartbeat")
-        await asyncio.wait({task}, timeout=1.0)
-    return task.result(), killed_at
+        gpu.send_signal(signal.SIGKILL)
+        gpu.wait()
+        self.killed_at = time.monotonic()
+        self.processes.start("gpu", tag="-2")
+        say("the dead worker is noticed by its missed heartbeats; the run resumes on the fresh one")
 
 
-async def run_demo(kill: bool, state_dir: Path, data_dir: Path) -> int:
-    """Run the whole demo and return the exit code."""
-    started = time.monotonic()
-    server = DevServer(state_dir / "temporal", port=7233, ui_port=8233)
+def demo_settings(
+    server: DevServer, state_dir: Path, data_dir: Path
+) -> tuple[DurabertSettings, dict[str, str]]:
+    """The client's settings and the workers' environment: the demo's server, store and data."""
     artifact_root = state_dir / "artifacts"
-    log_dir = state_dir / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    data_file = fetch_data(data_dir)
-    say(f"demo data: {data_file}")
-
     env = {k: v for k, v in os.environ.items() if not k.startswith("DURABERT_")}
     env |= {
         "DURABERT_TEMPORAL__ADDRESS": server.address,
@@ -213,79 +243,91 @@ async def run_demo(kill: bool, state_dir: Path, data_dir: Path) -> int:
     settings = DurabertSettings(
         temporal={"address": server.address}, artifact_root=artifact_root, data_dir=data_dir
     )
+    return settings, env
+
+
+async def train_and_infer(
+    client: Client, settings: DurabertSettings, config: BertFineTuneConfig, preemption: Preemption
+) -> tuple[BertFineTuneResult, BertInferenceResult, float, float]:
+    """Start the run, follow it with ``durabert watch``'s view, then classify the demo sentences.
+
+    Returns:
+        The training result, the predictions, and the training and inference wall times.
+    """
+    assert config.run_id is not None
+    started = time.monotonic()
+    await client_ops.start_training(client, settings, config)
+    say(f"Temporal Web UI: {client_ops.web_ui_url(settings, config.run_id)}")
+    outcome = await progress.watch(
+        client,
+        config.run_id,
+        Console(),
+        interval=POLL_INTERVAL,
+        detach=asyncio.Event(),
+        on_progress=preemption,
+    )
+    if outcome.result is None:
+        raise RuntimeError(f"run {config.run_id} {outcome.status}: {outcome.error}")
+    train_seconds = time.monotonic() - started
+    request = build_inference_request(config.run_id, DEMO_SENTENCES, max_seq_length=config.max_seq_length)
+    started = time.monotonic()
+    prediction = await client_ops.run_inference(client, settings, request)
+    return outcome.result, prediction, train_seconds, time.monotonic() - started
+
+
+async def run_demo(kill: bool, state_dir: Path, data_dir: Path) -> int:
+    """Run the whole demo and return the exit code."""
+    started = time.monotonic()
+    server = DevServer(state_dir / "temporal", port=7233, ui_port=DEV_SERVER_UI_PORT)
+    log_dir = state_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    data_file = fetch_data(data_dir)
+    say(f"demo data: {data_file}")
+    settings, env = demo_settings(server, state_dir, data_dir)
     processes = Processes(env=env, log_dir=log_dir)
-    pid = server.start()
-    say(f"Temporal dev server up at {server.address} (pid {pid}), Web UI http://127.0.0.1:8233")
-    try:
-        for role in WORKER_SCRIPTS:
-            process = processes.start(role)
-            say(f"started {WORKER_SCRIPTS[role]} (pid {process.pid}), log {log_dir / (role + '.log')}")
+    say(f"Temporal dev server up at {server.address} (pid {server.start()})")
+    with ExitStack() as stack:
+        stack.callback(server.stop)
+        stack.callback(processes.stop_all)
+        stack.callback(say, "stopping the workers and the Temporal server (by PID)")
+        for role in WORKER_DISTRIBUTIONS:
+            processes.start(role)
         client = await connect_client(settings)
         await wait_for_workers(client, settings)
-
-        run_id = f"demo-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
-        config = demo_config(data_file, run_id)
+        config = demo_config(data_file, generate_run_id())
         config_file = state_dir / "demo.yaml"
         config_file.write_text(yaml.safe_dump(config.model_dump(mode="json", exclude_defaults=True)))
-        say(f"training run {run_id} (config {config_file}; re-run with `durabert train {config_file}`)")
-        train_started = time.monotonic()
-        handle: WorkflowHandle[object, BertFineTuneResult] = await client.start_workflow(
-            names.TRAINING_WORKFLOW,
-            config,
-            id=run_id,
-            task_queue=settings.queues.orchestrator,
-            memo=settings.queue_memo(),
-            result_type=BertFineTuneResult,
-        )
-        result, killed_at = await follow(handle, processes, kill)
-        train_seconds = time.monotonic() - train_started
-
-        infer_started = time.monotonic()
-        prediction = await client.execute_workflow(
-            names.INFERENCE_WORKFLOW,
-            BertInferenceRequest(run_id=run_id, texts=DEMO_SENTENCES, max_seq_length=64),
-            id=f"infer-{run_id}",
-            task_queue=settings.queues.orchestrator,
-            memo=settings.queue_memo(),
-            result_type=BertInferenceResult,
-        )
-        infer_seconds = time.monotonic() - infer_started
-        report(result, prediction, artifact_root, train_seconds, infer_seconds, killed_at is not None)
         say(
-            f"total {time.monotonic() - started:.0f} s; Web UI http://127.0.0.1:8233/namespaces/default/workflows/{run_id}"
+            f"training run {config.run_id} (config {config_file}; re-run with `durabert train {config_file}`)"
         )
-        return 0
-    finally:
-        say("stopping the workers and the Temporal server (by PID)")
-        processes.stop_all()
-        server.stop()
+        preemption = Preemption(processes, armed=kill)
+        figures = await train_and_infer(client, settings, config, preemption)
+        report(*figures, settings.artifact_root, killed=preemption.killed_at is not None)
+        say(f"total {time.monotonic() - started:.0f} s")
+    return 0
 
 
 def report(
     result: BertFineTuneResult,
     prediction: BertInferenceResult,
-    artifact_root: Path,
     train_seconds: float,
     infer_seconds: float,
+    artifact_root: Path,
+    *,
     killed: bool,
 ) -> None:
-    """Print the demo's figures: accuracy, resume step, timings, predictions, artifacts."""
-    metrics = result.eval_metrics or {}
-    say("---- result ----")
-    say(f"eval accuracy        {metrics.get('eval_accuracy', float('nan')):.3f}")
-    say(f"eval loss            {metrics.get('eval_loss', float('nan')):.4f}")
-    say(f"global step          {result.global_step} (planned {result.config.max_steps})")
-    say(f"resumed from step    {result.resumed_from_step} (worker killed: {'yes' if killed else 'no'})")
-    say(f"attempts             {result.attempts}; device {result.device}")
+    """Print the run's result and predictions as ``durabert`` does, then the demo's own figures."""
+    console = Console()
+    say("---- result (as `durabert status` shows it) ----")
+    console.print(progress.result_table(result))
+    say("---- predictions (as `durabert infer` shows them) ----")
+    console.print(progress.predictions_table(prediction))
+    say(f"worker killed        {'yes' if killed else 'no'}; resumed from step {result.resumed_from_step}")
     say(f"training wall time   {train_seconds:.1f} s (workflow, snapshot included)")
     say(f"inference wall time  {infer_seconds:.2f} s for {len(prediction.texts)} texts")
     model_dir = artifact_root / result.model_path
-    say(f"model                {model_dir}")
-    say(f"loss curve           {model_dir / 'loss_curve.png'}")
-    for text, name, confidence in zip(
-        prediction.texts, prediction.predicted_label_names, prediction.confidences, strict=True
-    ):
-        say(f"  {name:>8} {confidence:.2f}  {text}")
+    files = ", ".join(sorted(path.name for path in model_dir.iterdir())) if model_dir.is_dir() else "-"
+    say(f"model folder         {model_dir}: {files}")
 
 
 def main() -> None:
@@ -295,9 +337,7 @@ def main() -> None:
     parser.add_argument("--state-dir", type=Path, default=Path(".state/demo"))
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
     args = parser.parse_args()
-    code = asyncio.run(run_demo(bool(args.kill), args.state_dir.resolve(), args.data_dir.resolve()))
-    sys.stdout.flush()
-    os._exit(code)  # skip the SDK's fragile interpreter teardown (sdk-python issue 300)
+    exit_now(asyncio.run(run_demo(bool(args.kill), args.state_dir.resolve(), args.data_dir.resolve())))
 
 
 if __name__ == "__main__":

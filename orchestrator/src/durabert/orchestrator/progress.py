@@ -21,10 +21,11 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 from temporalio.client import Client
 
 from durabert.orchestrator.client_ops import LiveProgress, WatchOutcome, watch_run
-from durabert.shared.models import BertFineTuneResult, TrainingProgress
+from durabert.shared.models import BertFineTuneResult, BertInferenceResult, TrainingProgress
 
 WAITING_TEXT = "waiting for the orchestrator worker to answer"
 """Shown while a progress query gets no answer (no worker polling the queue yet)."""
@@ -133,6 +134,23 @@ def result_table(result: BertFineTuneResult) -> Table:
     table.add_column()
     for label, value in result_rows(result):
         table.add_row(label, value)
+    return table
+
+
+def predictions_table(result: BertInferenceResult) -> Table:
+    """Build the table of predictions ``durabert infer`` prints: text, label, confidence.
+
+    Args:
+        result: The inference workflow's result.
+
+    Returns:
+        The table, ready to print.
+    """
+    table = Table("text", "label", "confidence")
+    for text, label, confidence in zip(
+        result.texts, result.predicted_label_names, result.confidences, strict=True
+    ):
+        table.add_row(Text(text), Text(label), f"{confidence:.3f}")
     return table
 
 
