@@ -161,5 +161,13 @@ def test_snapshot_request_carries_the_source_and_sampling() -> None:
     request = config.snapshot_request("run-9")
     assert isinstance(request, DatasetSnapshotRequest)
     assert (request.run_id, request.text_field, request.seed) == ("run-9", "sentence", 7)
-    assert (request.max_samples, request.max_eval_samples) == (100, 10)
+    assert (request.max_train_samples, request.max_eval_samples) == (100, 10)
     assert request.data_files == "d.jsonl"
+
+
+def test_one_name_per_idea_old_names_still_load() -> None:
+    old = DatasetSnapshotRequest.model_validate(
+        {"run_id": "r", "dataset_name": "glue", "dataset_config": "sst2", "max_samples": 5}
+    )
+    assert (old.dataset_config_name, old.max_train_samples) == ("sst2", 5)
+    assert "dataset_config" not in old.model_dump() and "max_samples" not in old.model_dump()

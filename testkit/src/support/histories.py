@@ -10,7 +10,7 @@ from pathlib import Path
 
 from temporalio.client import WorkflowHandle, WorkflowHistory
 
-HISTORY_DIR = Path(__file__).resolve().parent.parent / "orchestrator" / "histories"
+HISTORY_DIR = Path(__file__).resolve().parents[3] / "tests" / "orchestrator" / "histories"
 
 
 async def record_history(handle: WorkflowHandle[object, object], name: str) -> None:
