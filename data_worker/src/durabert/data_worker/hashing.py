@@ -31,7 +31,7 @@ SNAPSHOT_ID_LENGTH: Final = 16
 """Hex characters of the hash that form the snapshot id (64 bits)."""
 HASH_SLICE_BYTES: Final = 64 << 20
 """Largest buffer slice hashed between two progress callbacks (heartbeats, cancellation)."""
-ROW_BATCH_BYTES: Final = 16 << 20
+ROW_BATCH_BYTES: Final = 32 << 20
 """Content taken into stored order at a time, when hashing and writing: the memory a snapshot
 needs beyond its memory-mapped source. Smaller batches cost more calls, larger ones memory."""
 
