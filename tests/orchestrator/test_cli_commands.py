@@ -405,7 +405,7 @@ async def test_sigint_while_watching_detaches_the_real_process(
     process = _cli_process(env, "train", str(config_file), "--run-id", run_id, "--wait", "--interval", "0.1")
     try:
         handle = client.get_workflow_handle(run_id)
-        # Progress is being shown once a signalled step shows up in the CLI's output.
+        # Progress is being shown once a driven step shows up in the CLI's output.
         for _ in range(200):
             try:
                 await handle.describe()
