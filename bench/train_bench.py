@@ -30,6 +30,7 @@ from durabert.shared.models import (
     DatasetSnapshotResult,
 )
 from durabert.shared.settings import DurabertSettings
+from durabert.shared.snapshot_layout import MANIFEST_FILE, SnapshotFields, SnapshotManifest, SnapshotSource
 
 POSITIVE = ["wonderful", "moving", "brilliant", "funny", "gripping", "lovely", "superb", "charming"]
 NEGATIVE = ["dull", "clumsy", "boring", "tedious", "awful", "bland", "messy", "lifeless"]
@@ -75,7 +76,19 @@ def write_snapshot(root: Path, train_rows: int, eval_rows: int) -> DatasetSnapsh
         text_field="text",
         label_field="label",
     )
-    (folder / "manifest.json").write_text(json.dumps(snapshot.model_dump(mode="json")))
+    manifest = SnapshotManifest(
+        format="durabert-snapshot-v1",
+        snapshot_id=snapshot.snapshot_id,
+        data_hash=snapshot.data_hash,
+        snapshot_timestamp=snapshot.snapshot_timestamp,
+        created_by_run_id="bench",
+        source=SnapshotSource(dataset_name=snapshot.dataset_name, seed=42),
+        fields=SnapshotFields(text_field=snapshot.text_field, label_field=snapshot.label_field),
+        label_names=snapshot.label_names,
+        num_train_samples=snapshot.num_train_samples,
+        num_eval_samples=snapshot.num_eval_samples,
+    )
+    (folder / MANIFEST_FILE).write_text(manifest.to_json())
     return snapshot
 
 

@@ -1,12 +1,12 @@
 """Helpers for the GPU worker tests: snapshots written the way the data worker lays them out."""
 
-import json
 import random
 from pathlib import Path
 
 from durabert.gpu_worker.events import TrainJob
 from durabert.shared.models import BertFineTuneConfig, BertFineTuneRequest, DatasetSnapshotResult
 from durabert.shared.settings import DurabertSettings
+from durabert.shared.snapshot_layout import MANIFEST_FILE, SnapshotFields, SnapshotManifest, SnapshotSource
 
 POSITIVE = ["wonderful", "moving", "brilliant", "funny", "gripping", "lovely", "superb", "charming"]
 NEGATIVE = ["dull", "clumsy", "boring", "tedious", "awful", "bland", "messy", "lifeless"]
@@ -48,7 +48,19 @@ def write_snapshot(root: Path, train_rows: int = 64, eval_rows: int = 16, snapsh
         text_field="sentence",
         label_field="label",
     )
-    (folder / "manifest.json").write_text(json.dumps(result.model_dump(mode="json")))
+    manifest = SnapshotManifest(
+        format="durabert-snapshot-v1",
+        snapshot_id=result.snapshot_id,
+        data_hash=result.data_hash,
+        snapshot_timestamp=result.snapshot_timestamp,
+        created_by_run_id="test",
+        source=SnapshotSource(dataset_name=result.dataset_name, seed=42),
+        fields=SnapshotFields(text_field=result.text_field, label_field=result.label_field),
+        label_names=result.label_names,
+        num_train_samples=result.num_train_samples,
+        num_eval_samples=result.num_eval_samples,
+    )
+    (folder / MANIFEST_FILE).write_text(manifest.to_json())
     return result
 
 

@@ -1,4 +1,4 @@
-"""Complete-checkpoint bookkeeping: numeric order, half-written or altered folders skipped, publishing, rotation."""
+"""Checkpoint bookkeeping: numeric order, half-written or altered folders skipped, publishing, rotation."""
 
 from pathlib import Path
 

@@ -8,11 +8,10 @@ from gpu_helpers import make_job, make_request, write_snapshot
 from temporalio.exceptions import ApplicationError
 
 from durabert.gpu_worker import checkpoints
-from durabert.gpu_worker.events import CheckpointEvent, DoneEvent
-from durabert.gpu_worker.supervisor import ChildExited, TrainingChild
-from durabert.gpu_worker.events import TrainingStopped
+from durabert.gpu_worker.events import CheckpointEvent, DoneEvent, TrainingStopped
 from durabert.gpu_worker.model_folder import MODEL_MANIFEST
 from durabert.gpu_worker.model_loading import load_model_and_tokenizer
+from durabert.gpu_worker.supervisor import ChildExited, TrainingChild
 from durabert.gpu_worker.training import run_training
 from durabert.shared.artifacts import ArtifactStore
 from durabert.shared.settings import DurabertSettings
@@ -179,7 +178,9 @@ def test_continuing_a_finished_run_to_more_steps_trains_on_from_its_final_checkp
         lambda e: None,
         threading.Event(),
     )
-    longer = make_request(tiny_model_dir, snapshot, max_steps=12, continue_run=True)
+    # The config names its source with a credential: it must not reach the model manifest.
+    source = "https://reader:s3cr3t-token@data.example/train.jsonl?sig=abc123"
+    longer = make_request(tiny_model_dir, snapshot, max_steps=12, continue_run=True, data_files=source)
     extended = run_training(make_job(longer, settings), lambda e: None, threading.Event())
     assert first.global_step == 8
     assert extended.resumed_from_step == 8
@@ -188,6 +189,9 @@ def test_continuing_a_finished_run_to_more_steps_trains_on_from_its_final_checkp
     manifest = json.loads((ArtifactStore(tmp_path).model_dir("run-1") / MODEL_MANIFEST).read_text())
     assert manifest["config"]["max_steps"] == 12
     assert manifest["max_steps"] == 12
+    written = (ArtifactStore(tmp_path).model_dir("run-1") / MODEL_MANIFEST).read_text()
+    assert "s3cr3t-token" not in written and "abc123" not in written
+    assert "data.example/train.jsonl" in written
 
 
 @pytest.mark.parametrize(("batch_size", "error_type"), [(1, "ConfigurationError"), (8, None)])

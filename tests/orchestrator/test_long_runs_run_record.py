@@ -146,3 +146,11 @@ def test_config_changes_compare_fields_and_skip_continue_run() -> None:
     old = {"max_steps": 20, "timeouts": {"a": 1}, "continue_run": False, "seed": 1}
     new = {"max_steps": 40, "timeouts": {"a": 2}, "continue_run": True, "seed": 1, "extra": None}
     assert config_changes(old, new) == {"max_steps": [20, 40], "timeouts": [{"a": 1}, {"a": 2}]}
+
+
+def test_the_record_never_holds_credentials_of_a_data_url(store: ArtifactStore) -> None:
+    secret_url = "https://reader:s3cr3t-token@data.example/train.jsonl?X-Amz-Signature=abc123"
+    claim_run(store, _claim("chain-1", data_files=secret_url))
+    written = (store.run_dir("run-a") / "run.json").read_text()
+    assert "s3cr3t-token" not in written and "abc123" not in written
+    assert "data.example/train.jsonl" in written

@@ -10,10 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
+
 from durabert.shared.artifacts import ArtifactStore
-from durabert.shared.errors import configuration_error, not_found
+from durabert.shared.errors import configuration_error, describe_validation_error, not_found
 from durabert.shared.models import DatasetSnapshotResult
-from durabert.shared.snapshot_layout import MANIFEST_FILE, SPLIT_FILES
+from durabert.shared.snapshot_layout import MANIFEST_FILE, SnapshotManifest, read_manifest
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -31,8 +33,46 @@ class SnapshotFiles:
     """Evaluation split."""
 
 
+def _missing(snapshot: DatasetSnapshotResult, folder: Path, name: str) -> Exception:
+    return not_found(
+        f"dataset_snapshot.snapshot_path: snapshot {snapshot.snapshot_id!r} is missing "
+        f"{name} under {folder} (was it written to this artifact store?)"
+    )
+
+
+def read_snapshot_manifest(folder: Path, snapshot: DatasetSnapshotResult) -> SnapshotManifest:
+    """Read a snapshot folder's manifest and check that it is the snapshot the request names.
+
+    Args:
+        folder: The snapshot folder on this machine.
+        snapshot: The snapshot the request names.
+
+    Returns:
+        The manifest.
+
+    Raises:
+        ApplicationError: ``ArtifactNotFoundError`` without a manifest; ``ConfigurationError``
+            for a manifest that does not validate or names other content.
+    """
+    try:
+        manifest = read_manifest(folder)
+    except OSError:
+        raise _missing(snapshot, folder, MANIFEST_FILE) from None
+    except ValidationError as exc:
+        raise configuration_error(
+            f"dataset_snapshot.snapshot_path: {folder / MANIFEST_FILE} is not a snapshot manifest:\n"
+            f"{describe_validation_error(exc)}"
+        ) from None
+    if manifest.data_hash != snapshot.data_hash:
+        raise configuration_error(
+            f"dataset_snapshot.data_hash: {folder} holds content {manifest.data_hash}, not the requested "
+            f"{snapshot.data_hash}"
+        )
+    return manifest
+
+
 def locate_snapshot(store: ArtifactStore, snapshot: DatasetSnapshotResult) -> SnapshotFiles:
-    """Find a snapshot's files, refusing a missing or unfinished snapshot.
+    """Find a snapshot's files through its manifest, refusing a missing or unfinished snapshot.
 
     Args:
         store: The artifact store.
@@ -42,16 +82,15 @@ def locate_snapshot(store: ArtifactStore, snapshot: DatasetSnapshotResult) -> Sn
         The snapshot's files.
 
     Raises:
-        ApplicationError: ``ArtifactNotFoundError`` when the folder, its manifest or a split is missing.
+        ApplicationError: ``ArtifactNotFoundError`` when the folder, its manifest or a split is
+            missing; ``ConfigurationError`` when the manifest is invalid or names other content.
     """
     folder = store.resolve(snapshot.snapshot_path)
-    files = SnapshotFiles(folder, folder / SPLIT_FILES["train"], folder / SPLIT_FILES["eval"])
-    for path in (folder / MANIFEST_FILE, files.train, files.eval):
+    manifest = read_snapshot_manifest(folder, snapshot)
+    files = SnapshotFiles(folder, manifest.split_path(folder, "train"), manifest.split_path(folder, "eval"))
+    for path in (files.train, files.eval):
         if not path.is_file():
-            raise not_found(
-                f"dataset_snapshot.snapshot_path: snapshot {snapshot.snapshot_id!r} is missing "
-                f"{path.name} under {folder} (was it written to this artifact store?)"
-            )
+            raise _missing(snapshot, folder, path.name)
     return files
 
 

@@ -9,6 +9,7 @@ from durabert.gpu_worker.events import PulseEvent
 from durabert.gpu_worker.preparation import Emit, PreparedRun
 from durabert.shared.logging import get_logger
 from durabert.shared.models import BertFineTuneResult
+from durabert.shared.redaction import redact_value
 
 log = get_logger(__name__)
 
@@ -23,7 +24,8 @@ def _manifest(
     attempts = history.attempts(records)
     return model_folder.ModelManifest(
         run_id=request.run_id,
-        config=request.config.model_dump(mode="json"),
+        # Credentials in data URLs never reach a file (the workflow input itself is Temporal's).
+        config=redact_value(request.config.model_dump(mode="json")),
         base_model=prepared.source,
         snapshot={
             "snapshot_id": snapshot.snapshot_id,

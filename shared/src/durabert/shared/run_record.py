@@ -22,6 +22,7 @@ from pydantic import Field, ValidationError
 from durabert.shared.artifacts import ArtifactStore, write_json_atomic
 from durabert.shared.errors import ErrorType, configuration_error, retryable_error, run_id_in_use
 from durabert.shared.models import ContractModel, RunClaimRequest, RunClaimResult, RunId
+from durabert.shared.redaction import redact_value
 
 RUN_RECORD_FILE: Final = "run.json"
 """Name of the record inside a run's folder."""
@@ -137,7 +138,7 @@ def _claim_new(store: ArtifactStore, request: RunClaimRequest) -> RunClaimResult
         chain_id=request.chain_id,
         workflow_id=request.run_id,
         created_at=_now(),
-        config=request.config.model_dump(mode="json"),
+        config=redact_value(request.config.model_dump(mode="json")),
     )
     if _create_exclusive(record_path(store, request.run_id), record.model_dump(mode="json")):
         return RunClaimResult(run_id=request.run_id)
@@ -154,7 +155,7 @@ def _claim_existing(store: ArtifactStore, request: RunClaimRequest, record: RunR
         return RunClaimResult(run_id=request.run_id)
     if not request.continue_run:
         raise run_id_in_use(_in_use_message(request.run_id, _owner(record)))
-    new_config = request.config.model_dump(mode="json")
+    new_config = redact_value(request.config.model_dump(mode="json"))
     changes = config_changes(record.config, new_config)
     updated = record.model_copy(
         update={
