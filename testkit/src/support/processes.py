@@ -1,5 +1,6 @@
 """Worker processes started by their console scripts, as in production, for end-to-end tests."""
 
+import contextlib
 import json
 import os
 import signal
@@ -43,16 +44,18 @@ class WorkerProcess:
     def _read(self) -> None:
         assert self.process is not None
         assert self.process.stdout is not None
-        sink = self.log_path.open("a") if self.log_path else None
-        for text in self.process.stdout:
-            self.raw.append(text)
-            if sink:
-                sink.write(text)
-                sink.flush()
-            try:
-                self.lines.append(json.loads(text))
-            except json.JSONDecodeError:
-                continue
+        with contextlib.ExitStack() as files:
+            sink = files.enter_context(self.log_path.open("a")) if self.log_path else None
+            files.enter_context(self.process.stdout)  # closed at EOF: no unclosed-pipe warning
+            for text in self.process.stdout:
+                self.raw.append(text)
+                if sink:
+                    sink.write(text)
+                    sink.flush()
+                try:
+                    self.lines.append(json.loads(text))
+                except json.JSONDecodeError:
+                    continue
 
     def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout: float) -> dict[str, Any]:
         """Wait until a log line satisfies ``predicate``; fail with the log tail otherwise."""
@@ -87,3 +90,5 @@ class WorkerProcess:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait(timeout=10)
+        if self._reader is not None:
+            self._reader.join(timeout=5)
