@@ -1,5 +1,5 @@
 # durabert: two commands do all the set-up on a fresh machine.
-#   make test   installs uv if missing, syncs the locked workspace, runs lint and the whole suite
+#   make test   installs uv if missing, syncs the locked workspace, runs lint and the whole suite (coverage last)
 #   make demo   local Temporal server, three workers, a real fine-tune with a forced crash and resume, inference
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -34,8 +34,12 @@ isolation: setup  ## each light role in an environment of its own: no torch, tra
 	UV_PROJECT_ENVIRONMENT=.venv-isolation/data-worker "$(UV)" run --exact --locked --no-default-groups \
 	  --package durabert-data-worker --group test pytest tests/isolation -q -p no:cacheprovider -k data
 
-unit: setup  ## the whole pytest suite in the full workspace environment
-	time "$(UV)" run --no-sync pytest $(PYTEST_ARGS)
+# Coverage of */src is printed last, whether the tests passed or not. The floor (pyproject.toml,
+# [tool.coverage.report] fail_under) applies to the whole suite only, not to a PYTEST_ARGS subset.
+unit: setup  ## the whole pytest suite (warnings are errors), then its coverage of */src
+	rc=0; time "$(UV)" run --no-sync pytest --cov --cov-report= --cov-fail-under=0 $(PYTEST_ARGS) || rc=$$?; \
+	"$(UV)" run --no-sync coverage report $(if $(PYTEST_ARGS),--fail-under=0,) || rc=$$(( rc ? rc : $$? )); \
+	exit $$rc
 
 test: lint isolation unit  ## everything CI runs
 
