@@ -18,6 +18,7 @@ from durabert.shared.models import (
     CheckpointInfo,
     DatasetSnapshotRequest,
     DatasetSnapshotResult,
+    TrainingHeartbeat,
     TrainingProgress,
 )
 
@@ -170,4 +171,31 @@ def test_one_name_per_idea_old_names_still_load() -> None:
         {"run_id": "r", "dataset_name": "glue", "dataset_config": "sst2", "max_samples": 5}
     )
     assert (old.dataset_config_name, old.max_train_samples) == ("sst2", 5)
-    assert "dataset_config" not in old.model_dump() and "max_samples" not in old.model_dump()
+    assert "dataset_config" not in old.model_dump()
+    assert "max_samples" not in old.model_dump()
+
+
+def _checkpoint(step: int) -> CheckpointInfo:
+    return CheckpointInfo(epoch=0.5, step=step, path=f"runs/r/checkpoints/checkpoint-{step}", timestamp="t")
+
+
+def test_live_heartbeat_merges_into_the_durable_progress() -> None:
+    durable = TrainingProgress(
+        run_id="r", stage="training", step=40, attempt=2, latest_checkpoint=_checkpoint(40)
+    )
+    # A new attempt that has not started its Trainer yet reports step 0: the known step stays.
+    starting = durable.with_heartbeat(TrainingHeartbeat(phase="loading", attempt=2))
+    assert (starting.step, starting.phase) == (40, "loading")
+    assert starting.latest_checkpoint == _checkpoint(40)
+    live = durable.with_heartbeat(
+        TrainingHeartbeat(
+            phase="training", step=47, loss=0.25, max_steps=200, attempt=2, latest_checkpoint=_checkpoint(45)
+        )
+    )
+    assert (live.step, live.loss, live.max_steps, live.phase) == (47, 0.25, 200, "training")
+    assert live.latest_checkpoint == _checkpoint(45)
+    # A heartbeat never moves the newest checkpoint backwards.
+    older = live.with_heartbeat(
+        TrainingHeartbeat(phase="training", step=48, attempt=2, latest_checkpoint=_checkpoint(40))
+    )
+    assert older.latest_checkpoint == _checkpoint(45)

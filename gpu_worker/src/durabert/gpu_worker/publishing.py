@@ -1,14 +1,15 @@
 """Last step of a training attempt: evaluate, build the result and publish the final model folder."""
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from durabert.gpu_worker import history, model_folder, storage
+from durabert.gpu_worker import checkpoints, history, model_folder, storage
 from durabert.gpu_worker.events import PulseEvent
 from durabert.gpu_worker.preparation import Emit, PreparedRun
 from durabert.shared.logging import get_logger
-from durabert.shared.models import BertFineTuneResult
+from durabert.shared.models import BertFineTuneResult, CheckpointInfo
 from durabert.shared.redaction import redact_value
 
 log = get_logger(__name__)
@@ -42,6 +43,20 @@ def _manifest(
             record.resumed_from_step for record in attempts if record.resumed_from_step is not None
         ],
         metrics=metrics,
+    )
+
+
+def _final_checkpoint(prepared: PreparedRun, trainer: Any) -> CheckpointInfo | None:
+    newest = checkpoints.newest_complete(prepared.checkpoints_dir)
+    if newest is None:
+        return None
+    return CheckpointInfo(
+        epoch=max(0.0, float(trainer.state.epoch or 0.0)),
+        step=newest.step,
+        path=prepared.store.relative(newest.path),
+        timestamp=datetime.now(UTC).isoformat(),
+        max_steps=int(trainer.state.max_steps) or None,
+        attempt=prepared.job.attempt,
     )
 
 
@@ -98,6 +113,7 @@ def publish_run(
         total_checkpoints_saved=sum(1 for record in records if isinstance(record, history.CheckpointRecord)),
         global_step=manifest.global_step,
         resumed_from_step=prepared.resume.step if prepared.resume else None,
+        final_checkpoint=_final_checkpoint(prepared, trainer),
         attempts=job.attempt,
         device=job.device,
         model_path=prepared.store.relative(final_dir),

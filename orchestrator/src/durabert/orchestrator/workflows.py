@@ -367,6 +367,11 @@ class CheckpointedBertTrainingWorkflow:
         progress = self._progress
         progress.stage = "completed"
         progress.step = result.global_step
+        progress.loss = result.train_loss
+        progress.max_steps = progress.max_steps or result.global_step
+        if result.final_checkpoint is not None:
+            progress.latest_checkpoint = result.final_checkpoint
+            progress.epoch = result.final_checkpoint.epoch
         progress.checkpoints_saved = max(progress.checkpoints_saved, result.total_checkpoints_saved)
         return result.model_copy(
             update={

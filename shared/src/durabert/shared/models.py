@@ -321,6 +321,8 @@ class BertFineTuneResult(ContractModel):
     """Optimizer steps completed at the end of training."""
     resumed_from_step: int | None = None
     """Step of the checkpoint the final attempt resumed from; None when it never resumed."""
+    final_checkpoint: CheckpointInfo | None = None
+    """The run's newest complete checkpoint at the end (what ``continue_run`` would extend from)."""
     attempts: int = Field(ge=1)
     """Fine-tuning attempts over the whole run, the one that finished included."""
     preemptions: int = Field(default=0, ge=0)
@@ -477,7 +479,8 @@ class TrainingProgress(ContractModel):
             "updated_at": heartbeat.updated_at,
             "max_steps": heartbeat.max_steps or self.max_steps,
         }
-        if heartbeat.step >= self.step or heartbeat.attempt >= self.attempt:
+        # A new attempt reports step 0 until its Trainer starts: keep the known step meanwhile.
+        if heartbeat.step >= self.step or heartbeat.phase not in ("starting", "loading", "tokenizing"):
             update |= {"step": heartbeat.step, "epoch": heartbeat.epoch, "loss": heartbeat.loss or self.loss}
         live, known = heartbeat.latest_checkpoint, self.latest_checkpoint
         if live is not None and (known is None or live.step > known.step):
