@@ -190,7 +190,8 @@ def test_continuing_a_finished_run_to_more_steps_trains_on_from_its_final_checkp
     assert manifest["config"]["max_steps"] == 12
     assert manifest["max_steps"] == 12
     written = (ArtifactStore(tmp_path).model_dir("run-1") / MODEL_MANIFEST).read_text()
-    assert "s3cr3t-token" not in written and "abc123" not in written
+    assert "s3cr3t-token" not in written
+    assert "abc123" not in written
     assert "data.example/train.jsonl" in written
 
 
