@@ -1,11 +1,11 @@
-"""Inference latency: warm ``run_bert_inference`` against the seed's load-per-call and an in-process pipeline.
+"""Inference latency: warm ``run_bert_inference`` against the original design's load-per-call and an in-process pipeline.
 
 All three classify the same texts with the same model folder (all-MiniLM-L6-v2 with a
 classification head, laid out as a finished run's ``runs/<run_id>/model``), on CPU:
 
 - warm activity: ``run_bert_inference`` through ``ActivityEnvironment``; the first call
   (which loads the model) is excluded, as a worker serving requests has long paid it;
-- seed: load tokenizer and model from the folder on every call, then predict (what the seed did);
+- seed: load tokenizer and model from the folder on every call, then predict (what the original design did);
 - pipeline: ``transformers.pipeline("text-classification")`` built once, called with the same batch size.
 
     .venv/bin/python bench/inference_bench.py --repeat 5
@@ -48,7 +48,7 @@ def publish_model(root: Path, run_id: str) -> Path:
 
 
 def seed_load_per_call(folder: Path, texts: list[str], batch_size: int, max_len: int) -> list[int]:
-    """The seed's way: load everything, predict, throw it away."""
+    """The original design's way: load everything, predict, throw it away."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 

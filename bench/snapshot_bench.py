@@ -1,4 +1,4 @@
-"""Snapshot hashing throughput: durabert's content order + Arrow-buffer SHA-256 against the seed's
+"""Snapshot hashing throughput: durabert's content order + Arrow-buffer SHA-256 against the original design's
 row-by-row hashing and against plain ``hashlib.sha256`` over the same bytes (the limit).
 
 Usage::
@@ -118,7 +118,7 @@ def ours(table: pa.Table) -> dict[str, float]:
 
 
 def seed_approach(table: pa.Table, rows: int) -> str:
-    """The seed's loop: index the dataset row by row, hash two fields per row."""
+    """The original design's loop: index the dataset row by row, hash two fields per row."""
     from datasets import Dataset
 
     train = Dataset(table.slice(0, rows))

@@ -5,7 +5,7 @@ or GPU queue, called through the typed stubs in :mod:`durabert.shared.activities
 
 Training retries are run by this workflow, not by the server's retry policy, because each
 new attempt must carry the newest checkpoint the workflow knows: a server retry would resend
-the first attempt's input (the seed's fault). The workflow learns that checkpoint when an
+the first attempt's input (the original design's fault). The workflow learns that checkpoint when an
 attempt *ends* (from the attempt's failure details or its last heartbeat), never through
 signals, so a run's history does not grow with its step count; live step and loss are the
 pending activity's heartbeat details, which cost no history (see ``TrainingHeartbeat``).
