@@ -342,6 +342,8 @@ async def test_sigterm_while_training_checkpoints_then_exits_within_the_timeout(
         seconds = time.monotonic() - started
         worker.wait(timeout=10)
         stopped = worker.wait_for(lambda line: line.get("event") == "training stopped", timeout=5)
+        # The training child's own line: the step it reached, and the newest complete checkpoint.
+        reached = worker.wait_for(lambda line: line.get("event") == "training stopped on request", timeout=5)
         await handle.terminate("test done")
     finally:
         worker.stop()
@@ -351,9 +353,11 @@ async def test_sigterm_while_training_checkpoints_then_exits_within_the_timeout(
     assert stopped["checkpoint"] is not None
     assert checkpoints.is_complete(cluster.settings.artifact_root / stopped["checkpoint"])
     # It stopped early (of 5000 steps) and saved where it stopped, not only at the last
-    # periodic checkpoint (every 5 steps): the drain checkpoints on the way out.
-    assert 7 <= stopped["step"] < 5000
-    assert Path(stopped["checkpoint"]).name == f"checkpoint-{stopped['step']}"
+    # periodic checkpoint (every 5 steps): the drain checkpoints on the way out, and that
+    # checkpoint is the one the activity reports.
+    assert 7 <= reached["step"] < 5000
+    assert reached["checkpoint"]["step"] == reached["step"]
+    assert Path(stopped["checkpoint"]).name == f"checkpoint-{reached['step']}"
 
 
 # --- 2. the Temporal server goes away for 20 seconds -------------------------------------------
