@@ -1,4 +1,4 @@
-"""Inference latency: warm ``run_bert_inference`` against the original design's load-per-call and an in-process pipeline.
+"""Inference latency: warm ``run_bert_inference``, the original design's load-per-call, a pipeline.
 
 All three classify the same texts with the same model folder (all-MiniLM-L6-v2 with a
 classification head, laid out as a finished run's ``runs/<run_id>/model``), on CPU:
