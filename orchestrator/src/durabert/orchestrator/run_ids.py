@@ -7,11 +7,7 @@ table and Temporal itself refuses a second running workflow writing into the sam
 import secrets
 from datetime import UTC, datetime
 
-from pydantic import TypeAdapter, ValidationError
-
-from durabert.shared.models import RUN_ID_PATTERN, RunId
-
-_RUN_ID_ADAPTER: TypeAdapter[str] = TypeAdapter(RunId)
+from durabert.shared.models import run_id_problem
 
 
 def generate_run_id(now: datetime | None = None, token: str | None = None) -> str:
@@ -23,11 +19,11 @@ def generate_run_id(now: datetime | None = None, token: str | None = None) -> st
             second by two people must not collide).
 
     Returns:
-        A run id that satisfies ``RUN_ID_PATTERN``.
+        A valid run id (see ``run_id_problem``).
     """
     stamp = (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y%m%d-%H%M%S")
     run_id = f"run-{stamp}-{token if token is not None else secrets.token_hex(2)}"
-    if not RUN_ID_PATTERN.fullmatch(run_id):
+    if run_id_problem(run_id) is not None:
         raise ValueError(f"generated run id {run_id!r} is not valid (token must be lowercase hex)")
     return run_id
 
@@ -41,11 +37,7 @@ def check_run_id(value: str) -> str | None:
     Returns:
         None when it is valid, else the reason (the contract's own message).
     """
-    try:
-        _RUN_ID_ADAPTER.validate_python(value)
-    except ValidationError as exc:
-        return str(exc.errors(include_url=False)[0]["msg"]).removeprefix("Value error, ")
-    return None
+    return run_id_problem(value)
 
 
 def inference_workflow_id(run_id: str, token: str | None = None) -> str:

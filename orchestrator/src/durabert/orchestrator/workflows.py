@@ -39,7 +39,6 @@ with workflow.unsafe.imports_passed_through():
         parse_workflow_args,
     )
     from durabert.shared.models import (
-        RUN_ID_PATTERN,
         AttemptFence,
         BertFineTuneConfig,
         BertFineTuneRequest,
@@ -52,6 +51,7 @@ with workflow.unsafe.imports_passed_through():
         TrainingCarry,
         TrainingHeartbeat,
         TrainingProgress,
+        run_id_problem,
     )
     from durabert.shared.settings import QueueSettings
 
@@ -119,11 +119,11 @@ def _run_id(cfg: BertFineTuneConfig) -> str:
     """The run id: the config's, which must equal the workflow id, or the workflow id itself."""
     workflow_id = workflow.info().workflow_id
     if cfg.run_id is None:
-        if not RUN_ID_PATTERN.fullmatch(workflow_id) or ".." in workflow_id:
+        problem = run_id_problem(workflow_id)
+        if problem is not None:
             raise invalid_input(
-                f"the workflow id {workflow_id!r} is not a valid run id (1-63 characters of a-z, "
-                "0-9, '.', '_' or '-', starting and ending with a letter or digit, no '..'); it names "
-                "the run's folder, so it is never rewritten: start the workflow with a valid id",
+                f"the workflow id {workflow_id!r} is not a valid run id: it {problem}. It names the "
+                "run's folder, so it is never rewritten: start the workflow with a valid id",
                 field="run_id",
             )
         return workflow_id

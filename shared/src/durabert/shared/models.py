@@ -34,12 +34,27 @@ RUN_ID_PATTERN: Final = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,61}[a-z0-9])?$")
 """A run id is a safe folder name and a valid Kubernetes label value."""
 
 
+def run_id_problem(value: str) -> str | None:
+    """Say why a string is not a valid run id: the one place where run-id rules live.
+
+    Args:
+        value: A candidate run id (or a workflow id that must be one).
+
+    Returns:
+        None when it is valid, else what a run id must be.
+    """
+    if RUN_ID_PATTERN.fullmatch(value) and ".." not in value:
+        return None
+    return (
+        "must be 1-63 characters of a-z, 0-9, '.', '_' or '-', start and end with a "
+        "letter or digit, and contain no '..' (it names a folder and a Kubernetes label)"
+    )
+
+
 def _check_run_id(value: str) -> str:
-    if not RUN_ID_PATTERN.fullmatch(value) or ".." in value:
-        raise ValueError(
-            "must be 1-63 characters of a-z, 0-9, '.', '_' or '-', start and end with a "
-            "letter or digit, and contain no '..' (it names a folder and a Kubernetes label)"
-        )
+    problem = run_id_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
     return value
 
 
