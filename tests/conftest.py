@@ -15,7 +15,6 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 
 from durabert.orchestrator.devserver import DevServer, free_port
 from durabert.shared.settings import DurabertSettings
-from support.servers import start_dev_server
 
 # Worker-process fixtures (`cluster`, `gpu_worker`) shared by the e2e and reliability tests.
 pytest_plugins = ["support.cluster"]
@@ -25,7 +24,7 @@ pytest_plugins = ["support.cluster"]
 def dev_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
     """One real Temporal dev server for the session, on a free port."""
     server = DevServer(tmp_path_factory.mktemp("temporal"), port=free_port())
-    start_dev_server(server)
+    server.start()
     yield server
     server.stop()
 

@@ -78,7 +78,7 @@ async def test_killed_then_preempted_gpu_workers_lose_at_most_one_interval(
     assert second.wait(timeout=60) == 0  # drained: checkpoint written, then a clean exit
     stopped = second.wait_for(lambda line: line.get("event") == "training stopped", timeout=5)
     assert stopped["checkpoint"] is not None
-    assert stopped["step"] >= before_term.step
+    assert stopped["checkpoint_step"] >= before_term.step
     cluster.start("gpu")
 
     result: BertFineTuneResult = await asyncio.wait_for(handle.result(), timeout=240)
@@ -87,7 +87,7 @@ async def test_killed_then_preempted_gpu_workers_lose_at_most_one_interval(
     assert result.global_step == config.max_steps
     assert result.attempts == 3
     # The last attempt resumed from the checkpoint saved at SIGTERM: nothing lost there.
-    assert result.resumed_from_step == stopped["step"]
+    assert result.resumed_from_step == stopped["checkpoint_step"]
     assert progress.resumes == 2
     records = history.read(cluster.settings.artifact_root / "runs" / run_id)
     # One kill costs at most one checkpoint interval; the SIGTERM costs nothing.

@@ -57,8 +57,8 @@ async def test_sigterm_checkpoints_stops_and_another_worker_resumes(
             assert process_gone(started["pid"])
             checkpoint = ArtifactStore(artifact_root).resolve(stopped["checkpoint"])
             assert checkpoints.is_complete(checkpoint)
-            assert stopped["step"] >= live.latest_checkpoint.step
-            assert stopped["step"] < 200
+            assert stopped["checkpoint_step"] >= live.latest_checkpoint.step
+            assert stopped["checkpoint_step"] < 200
 
             second = WorkerProcess("durabert-gpu-worker", env, log_path=tmp_path / "gpu-2.log").start()
             try:
@@ -68,7 +68,7 @@ async def test_sigterm_checkpoints_stops_and_another_worker_resumes(
     finally:
         first.stop()
     assert result.attempts == 2
-    assert result.resumed_from_step == stopped["step"]
+    assert result.resumed_from_step == stopped["checkpoint_step"]
     assert result.global_step == 200
     # Every 20 steps, plus the one saved at the SIGTERM (unless it fell on a multiple of 20).
-    assert result.total_checkpoints_saved == 200 // 20 + (1 if stopped["step"] % 20 else 0)
+    assert result.total_checkpoints_saved == 200 // 20 + (1 if stopped["checkpoint_step"] % 20 else 0)

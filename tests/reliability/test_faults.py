@@ -32,7 +32,6 @@ from support.chaos import chaos_soak, reference_eval_loss
 from support.cluster import Cluster, make_cluster, progress_of, steps_trained, wait_progress
 from support.datasets import write_reviews
 from support.processes import WorkerProcess
-from support.servers import start_dev_server
 
 pytestmark = pytest.mark.slow
 
@@ -183,7 +182,9 @@ async def test_truncated_checkpoint_is_skipped_and_the_older_one_used(
     assert gpu_worker.wait(timeout=60) == 0
     stopped = gpu_worker.wait_for(lambda line: line.get("event") == "training stopped", timeout=5)
     folder = cluster.settings.artifact_root / stopped["checkpoint"]
-    older = [c.step for c in checkpoints.list_checkpoints(folder.parent) if c.step < stopped["step"]]
+    older = [
+        c.step for c in checkpoints.list_checkpoints(folder.parent) if c.step < stopped["checkpoint_step"]
+    ]
     assert checkpoints.is_complete(folder)
     # The newest checkpoint's optimizer state is cut to nothing on disk; its marker still says complete.
     (folder / "optimizer.pt").write_bytes(b"")
@@ -193,10 +194,10 @@ async def test_truncated_checkpoint_is_skipped_and_the_older_one_used(
 
     assert result.global_step == config.max_steps
     warning = replacement.wait_for(lambda line: "damaged checkpoint" in line.get("event", ""), timeout=5)
-    assert warning["step"] == stopped["step"]
+    assert warning["step"] == stopped["checkpoint_step"]
     assert "optimizer.pt" in warning["problem"]
-    attempts = [r for r in _history(cluster, run_id) if r["kind"] == "attempt"]
-    assert attempts[-1]["resumed_from_step"] == max(older)
+    attempts = [r for r in _history(cluster, run_id) if r.kind == "attempt"]
+    assert attempts[-1].resumed_from_step == max(older)
 
 
 # --- 5. the artifact store fills up -------------------------------------------------------------
@@ -300,8 +301,8 @@ async def test_second_start_with_the_same_run_id_is_refused(
 
     assert await execute(["cancel", run_id, "--wait"], settings=cluster.settings, output=_captured()) == 0
     records = _history(cluster, run_id)
-    assert [r["attempt"] for r in records if r["kind"] == "attempt"] == [1]
-    assert {r["attempt"] for r in records} == {1}  # only the first run's one attempt ever wrote here
+    assert [r.attempt for r in records if r.kind == "attempt"] == [1]
+    assert {r.attempt for r in records} == {1}  # only the first run's one attempt ever wrote here
     assert not cluster.run_dir(other_id).exists()
 
 
@@ -347,7 +348,7 @@ async def test_sigterm_while_training_checkpoints_then_exits_within_the_timeout(
         await handle.terminate("test done")
     finally:
         worker.stop()
-    print(f"SIGTERM while training: exit {code} after {seconds:.2f} s at step {stopped['step']}")
+    print(f"SIGTERM while training: exit {code} after {seconds:.2f} s at step {reached['step']}")
     assert code == 0
     assert seconds < 60
     assert stopped["checkpoint"] is not None
@@ -370,7 +371,7 @@ async def test_server_outage_mid_training_workers_reconnect_and_nothing_is_lost(
 ) -> None:
     # A server of its own (same database file across the restart): the session's is untouched.
     server = DevServer(tmp_path / "temporal", port=free_port())
-    start_dev_server(server)
+    server.start()
     cluster = make_cluster(server.address, tmp_path / "cluster")
     try:
         workers = [cluster.start(role) for role in ("orchestrator", "data", "gpu")]
@@ -382,7 +383,7 @@ async def test_server_outage_mid_training_workers_reconnect_and_nothing_is_lost(
         server.stop()
         down_at = time.monotonic()
         await asyncio.sleep(OUTAGE_SECONDS)
-        start_dev_server(server)
+        server.start()
         outage = time.monotonic() - down_at
         client = await Client.connect(server.address, data_converter=pydantic_data_converter)
         handle = client.get_workflow_handle(run_id, result_type=BertFineTuneResult)

@@ -177,17 +177,43 @@ class TrainingAttempt:
         )
 
     async def _stop_child(self) -> Terminal | None:
-        """Ask the child to checkpoint and stop; drain events until it did (or kill it)."""
-        self.child.request_stop()
-        self.reporter.state.phase = "stopping"
+        """Ask the child to checkpoint and stop; drain events until it did, or kill it at the deadline.
+
+        Called again (a cancellation during a shutdown's stop), it keeps the first deadline.
+        """
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.stop_seconds
-        final: Terminal | None = None
-        while final is None and loop.time() < deadline:
+        if self._stop_deadline is None:
+            self.child.request_stop()
+            self.reporter.state.phase = "stopping"
+            self._stop_deadline = loop.time() + self.stop_seconds
+        final = await self._drain_until(self._stop_deadline)
+        if final is None:
+            # Past its allowance (or gone without a word): waiting longer would eat the time the
+            # pod needs to exit.
+            log.error("training process did not checkpoint and stop in time; killing it", run_id=self.run_id)
+            self.child.kill()
+        code = await self.child.wait_exit(self._exit_allowance())
+        self.child.kill()
+        checkpoint = self.reporter.state.latest_checkpoint
+        log.info(
+            "training stopped",
+            run_id=self.run_id,
+            outcome=getattr(final, "kind", None),
+            step=self.reporter.state.step,
+            checkpoint_step=checkpoint.step if checkpoint else None,
+            checkpoint=checkpoint.path if checkpoint else None,
+            exit_code=code,
+        )
+        return final
+
+    async def _drain_until(self, deadline: float) -> Terminal | None:
+        """Fold a stopping child's events into the heartbeat until its last one or the deadline."""
+        loop = asyncio.get_running_loop()
+        while loop.time() < deadline:
             try:
                 event = await self.child.next_event(max(0.01, min(POLL_SECONDS, deadline - loop.time())))
             except ChildExited:
-                break
+                return None
             # Heartbeats of a cancelled activity may be refused by the SDK (RuntimeError once the
             # activity is being torn down): the checkpoint matters more than the heartbeat.
             with contextlib.suppress(RuntimeError):
@@ -196,21 +222,8 @@ class TrainingAttempt:
                 else:
                     self._observe(event)
             if isinstance(event, DoneEvent | ErrorEvent | StoppedEvent):
-                final = event
-        if final is None:
-            log.error("training process did not stop in time; killing it", run_id=self.run_id)
-        code = await self.child.wait_exit(MIN_STOP_SECONDS)
-        self.child.kill()
-        checkpoint = self.reporter.state.latest_checkpoint
-        log.info(
-            "training stopped",
-            run_id=self.run_id,
-            outcome=getattr(final, "kind", None),
-            step=checkpoint.step if checkpoint else None,
-            checkpoint=checkpoint.path if checkpoint else None,
-            exit_code=code,
-        )
-        return final
+                return event
+        return None
 
     async def _died(self) -> ApplicationError:
         code = await self.child.wait_exit(MIN_STOP_SECONDS)

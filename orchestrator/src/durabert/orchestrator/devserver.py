@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -63,6 +63,7 @@ class DevServer:
     """Frontend gRPC port on 127.0.0.1."""
     ui_port: int | None = None
     """Web UI port; None runs headless."""
+    _process: "subprocess.Popen[bytes] | None" = field(default=None, init=False, repr=False)
 
     @property
     def address(self) -> str:
@@ -103,8 +104,11 @@ class DevServer:
             "--log-level", "warn",
         ]  # fmt: skip
         command += ["--ui-port", str(self.ui_port)] if self.ui_port else ["--headless"]
-        log = (self.state_dir / "temporal.log").open("ab")
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        # The server keeps its own copy of the log's descriptor: ours is closed at once.
+        with (self.state_dir / "temporal.log").open("ab") as log:
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        # Kept, so that stop() reaps the process this launcher started (no zombie, no leak warning).
+        self._process = process
         self.pid_file.write_text(str(process.pid))
         deadline = time.monotonic() + timeout
         while not _port_open(self.port):
@@ -132,6 +136,9 @@ class DevServer:
             if time.monotonic() > deadline:
                 os.kill(pid, signal.SIGKILL)
             time.sleep(0.05)
+        if self._process is not None and self._process.pid == pid:
+            self._process.wait()
+            self._process = None
         self.pid_file.unlink(missing_ok=True)
 
 
