@@ -30,7 +30,7 @@ from durabert.shared.models import (
     DatasetSnapshotResult,
 )
 from durabert.shared.settings import DurabertSettings
-from durabert.shared.snapshot_layout import MANIFEST_FILE, SnapshotFields, SnapshotManifest, SnapshotSource
+from support.snapshots import write_parquet_snapshot
 
 POSITIVE = ["wonderful", "moving", "brilliant", "funny", "gripping", "lovely", "superb", "charming"]
 NEGATIVE = ["dull", "clumsy", "boring", "tedious", "awful", "bland", "messy", "lifeless"]
@@ -54,42 +54,14 @@ def make_texts(count: int, seed: int) -> tuple[list[str], list[int]]:
 
 def write_snapshot(root: Path, train_rows: int, eval_rows: int) -> DatasetSnapshotResult:
     """Write a snapshot in the data worker's layout under ``root``."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    folder = root / "snapshots" / "bench"
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, count, seed in (("train", train_rows, 1), ("eval", eval_rows, 2)):
-        texts, labels = make_texts(count, seed)
-        pq.write_table(
-            pa.table({"text": texts, "label": pa.array(labels, pa.int64())}), folder / f"{name}.parquet"
-        )
-    snapshot = DatasetSnapshotResult(
+    return write_parquet_snapshot(
+        root,
+        make_texts(train_rows, 1),
+        make_texts(eval_rows, 2),
         snapshot_id="bench",
-        dataset_name="parquet",
-        num_train_samples=train_rows,
-        num_eval_samples=eval_rows,
-        data_hash="0" * 64,
-        snapshot_timestamp="2026-01-01T00:00:00+00:00",
-        snapshot_path="snapshots/bench",
-        label_names=["negative", "positive"],
         text_field="text",
-        label_field="label",
+        dataset_name="parquet",
     )
-    manifest = SnapshotManifest(
-        format="durabert-snapshot-v1",
-        snapshot_id=snapshot.snapshot_id,
-        data_hash=snapshot.data_hash,
-        snapshot_timestamp=snapshot.snapshot_timestamp,
-        created_by_run_id="bench",
-        source=SnapshotSource(dataset_name=snapshot.dataset_name, seed=42),
-        fields=SnapshotFields(text_field=snapshot.text_field, label_field=snapshot.label_field),
-        label_names=snapshot.label_names,
-        num_train_samples=snapshot.num_train_samples,
-        num_eval_samples=snapshot.num_eval_samples,
-    )
-    (folder / MANIFEST_FILE).write_text(manifest.to_json())
-    return snapshot
 
 
 def make_request(
