@@ -195,25 +195,4 @@ def test_continuing_a_finished_run_to_more_steps_trains_on_from_its_final_checkp
     assert "data.example/train.jsonl" in written
 
 
-@pytest.mark.parametrize(("batch_size", "error_type"), [(1, "ConfigurationError"), (8, None)])
-def test_out_of_memory_is_a_configuration_error_only_at_batch_size_one(
-    tmp_path, tiny_model_dir, monkeypatch, batch_size, error_type
-):
-    import torch
-    import transformers
-
-    def out_of_memory(*args, **kwargs):
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-
-    monkeypatch.setattr(transformers.Trainer, "train", out_of_memory)
-    request = make_request(tiny_model_dir, write_snapshot(tmp_path), batch_size=batch_size)
-    job = make_job(request, settings_for(tmp_path, tmp_path))
-    if error_type is None:  # a bigger batch may fit on a less busy device: the generic, retried path
-        with pytest.raises(torch.OutOfMemoryError):
-            run_training(job, lambda e: None, threading.Event())
-        return
-    with pytest.raises(ApplicationError) as info:
-        run_training(job, lambda e: None, threading.Event())
-    assert info.value.type == error_type
-    assert info.value.non_retryable
-    assert "batch size 1" in info.value.message
+# Out-of-memory retries (half the per-device batch, twice the accumulation): test_gpu_resources.py.

@@ -15,6 +15,11 @@ stall              killed at once (it is hung)        ``TrainingStalledError``
 A child that exits on its own without an outcome is ``TrainingProcessDied``. Every retryable
 failure carries the heartbeat (newest checkpoint included) as its details. The retryable
 ones are retried by the workflow, resuming from the newest complete checkpoint.
+
+A stop has one deadline, set when it is first asked for: a cancellation that lands while the
+child is already stopping for a worker shutdown (the SDK cancels at the graceful timeout) does
+not start the wait again, and a child that misses the deadline is killed at once. With the
+allowance from ``WorkerSettings.child_stop_seconds`` the whole stop fits the pod's grace period.
 """
 
 import asyncio
@@ -70,13 +75,19 @@ class TrainingAttempt:
             child: The (not yet started) training child.
             reporter: Heartbeats the live state.
             watchdog: Detects a stalled child.
-            stop_seconds: Most time a stopping child gets to checkpoint before it is killed.
+            stop_seconds: Most time a stopping child gets to checkpoint before it is killed; never
+                more than the worker's shutdown budget allows (``child_stop_seconds`` of the job's
+                settings), so a stop fits the grace period whatever the caller passes.
         """
         self.child = child
         self.reporter = reporter
         self.watchdog = watchdog
-        self.stop_seconds = max(MIN_STOP_SECONDS, stop_seconds)
+        budget = child.job.settings.worker.child_stop_seconds
+        self.stop_seconds = max(MIN_STOP_SECONDS, min(stop_seconds, budget))
         self.run_id = child.job.request.run_id
+        # The live state says which device trains, so a CPU fallback shows in `durabert status`.
+        reporter.state.device = child.job.device
+        self._stop_deadline: float | None = None
 
     async def run(self) -> BertFineTuneResult:
         """Run the attempt to its outcome.
@@ -101,9 +112,17 @@ class TrainingAttempt:
                 return outcome
             return await self._stop(outcome)
         finally:
-            # A child that reported its outcome exits by itself; give it a moment, then make sure.
-            await self.child.wait_exit(MIN_STOP_SECONDS)
+            # A child that reported its outcome exits by itself; give it a moment (never past the
+            # stop deadline), then make sure.
+            await self.child.wait_exit(self._exit_allowance())
             self.child.close()
+
+    def _exit_allowance(self) -> float:
+        """How long to wait for the child to exit by itself: a moment, cut short by the stop deadline."""
+        if self._stop_deadline is None:
+            return MIN_STOP_SECONDS
+        remaining = self._stop_deadline - asyncio.get_running_loop().time()
+        return max(0.0, min(MIN_STOP_SECONDS, remaining))
 
     async def _start(self) -> None:
         """Start the child, heartbeating meanwhile.

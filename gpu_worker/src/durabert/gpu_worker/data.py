@@ -94,35 +94,87 @@ def locate_snapshot(store: ArtifactStore, snapshot: DatasetSnapshotResult) -> Sn
     return files
 
 
-def _read_split(path: Path, snapshot: DatasetSnapshotResult, limit: int | None, seed: int) -> "Dataset":
-    import pyarrow.parquet as pq
-    from datasets import Dataset
+STREAM_BATCH_ROWS = 16_384
+"""Rows per record batch when a split is copied into its Arrow file: bounds the copy's memory."""
 
-    table = pq.read_table(path)
+
+def _check_columns(path: Path, snapshot: DatasetSnapshotResult, columns: list[str]) -> dict[str, str]:
+    """The wanted columns by setting name, refusing a split that lacks one (reads only the schema)."""
     wanted = {
         "text_field": snapshot.text_field,
         "label_field": snapshot.label_field,
         **({"text_pair_field": snapshot.text_pair_field} if snapshot.text_pair_field else {}),
     }
     for field, column in wanted.items():
-        if column not in table.column_names:
+        if column not in columns:
             raise configuration_error(
                 f"dataset_snapshot.{field}: column {column!r} is not in {path} "
-                f"(columns: {', '.join(table.column_names)})"
+                f"(columns: {', '.join(columns)})"
             )
-    dataset = Dataset(table.select(list(wanted.values())))
-    labels = dataset[snapshot.label_field]
-    bad = [
-        label for label in labels if not isinstance(label, int) or not 0 <= label < len(snapshot.label_names)
-    ]
-    if bad:
+    return wanted
+
+
+def _arrow_file(path: Path, columns: list[str], cache_dir: Path) -> Path:
+    """Stream a split's columns from Parquet into an Arrow file, one record batch at a time.
+
+    ``datasets`` memory-maps Arrow files: the split then lives in the page cache, which the
+    kernel can evict, instead of the child's heap, so a snapshot larger than the node's memory
+    still trains. The copy holds one batch in memory at a time.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    source = pq.ParquetFile(path)
+    # No schema metadata: it may describe columns that are not copied.
+    schema = pa.schema([source.schema_arrow.field(column) for column in columns])
+    target = cache_dir / f"{path.stem}.arrow"
+    with pa.OSFile(str(target), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        for batch in source.iter_batches(batch_size=STREAM_BATCH_ROWS, columns=columns):
+            writer.write_batch(batch)
+    return target
+
+
+def _first_bad_label(column: Any, count: int) -> object:
+    """A value of the label column that is no class id (None when all are), computed in Arrow."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if len(column) == 0:
+        return None
+    if not pa.types.is_integer(column.type):
+        return column[0].as_py()
+    if column.null_count:
+        return "null"
+    low, high = (value.as_py() for value in pc.min_max(column).values())
+    return low if low < 0 else high if high >= count else None
+
+
+def _check_labels(dataset: "Dataset", path: Path, snapshot: DatasetSnapshotResult) -> None:
+    """Refuse labels that are not class ids, without reading the column into Python objects."""
+    count = len(snapshot.label_names)
+    bad = _first_bad_label(dataset.data.column(snapshot.label_field), count)
+    if bad is not None:
         raise configuration_error(
-            f"dataset_snapshot.label_field: {path.name} has label {bad[0]!r}, not an id in "
-            f"0..{len(snapshot.label_names) - 1} of label_names {snapshot.label_names}"
+            f"dataset_snapshot.label_field: {path.name} has label {bad!r}, not an id in "
+            f"0..{count - 1} of label_names {snapshot.label_names}"
         )
+
+
+def _read_split(
+    path: Path, snapshot: DatasetSnapshotResult, limit: int | None, seed: int, cache_dir: Path
+) -> "Dataset":
+    import pyarrow.parquet as pq
+    from datasets import Dataset
+
+    wanted = _check_columns(path, snapshot, pq.read_schema(path).names)
+    dataset = Dataset.from_file(str(_arrow_file(path, list(wanted.values()), cache_dir)))
+    _check_labels(dataset, path, snapshot)
     if limit is not None and len(dataset) > limit:
         # Seeded shuffle first: the first N rows of a label-sorted split would hold one class.
-        dataset = dataset.shuffle(seed=seed).select(range(limit))
+        # Its index mapping goes to a file beside the split (memory-mapped too).
+        dataset = dataset.shuffle(
+            seed=seed, indices_cache_file_name=str(cache_dir / f"{path.stem}-shuffled.arrow")
+        ).select(range(limit))
     return dataset
 
 
@@ -148,8 +200,12 @@ def load_tokenized(
     max_train_samples: int | None = None,
     max_eval_samples: int | None = None,
     seed: int = 42,
+    cache_dir: Path,
 ) -> tuple["Dataset", "Dataset"]:
-    """Read the train and eval splits and tokenize them in batches.
+    """Read the train and eval splits and tokenize them in batches, into memory-mapped Arrow files.
+
+    Neither the splits nor their tokens are held in the process's memory: each is an Arrow file
+    in ``cache_dir`` that ``datasets`` memory-maps, written a batch at a time.
 
     Args:
         files: The snapshot's files.
@@ -159,6 +215,7 @@ def load_tokenized(
         max_train_samples: Most training rows, taken after a seeded shuffle.
         max_eval_samples: Most evaluation rows, taken after a seeded shuffle.
         seed: Seed of that shuffle.
+        cache_dir: An empty folder of this attempt for the Arrow files.
 
     Returns:
         ``(train, eval)`` with ``input_ids``, ``attention_mask`` (and ``token_type_ids``) and ``labels``.
@@ -171,14 +228,19 @@ def load_tokenized(
 
     splits = []
     for path, limit in ((files.train, max_train_samples), (files.eval, max_eval_samples)):
-        dataset = _read_split(path, snapshot, limit, seed)
+        dataset = _read_split(path, snapshot, limit, seed, cache_dir)
         text_columns = [column for column in dataset.column_names if column != snapshot.label_field]
         # A fingerprint of our own: by default ``datasets`` pickles the tokenizer (its whole
-        # vocabulary) to fingerprint the map, ~0.4 s per split per attempt, for a cache that
-        # in-memory datasets never use.
+        # vocabulary) to fingerprint the map, ~0.4 s per split per attempt, for a cache that a
+        # fresh folder per attempt never hits anyway.
         fingerprint = _tokenized_fingerprint(dataset._fingerprint, tokenizer, max_seq_length, pair)
         dataset = dataset.map(
-            tokenize, batched=True, remove_columns=text_columns, new_fingerprint=fingerprint
+            tokenize,
+            batched=True,
+            remove_columns=text_columns,
+            new_fingerprint=fingerprint,
+            cache_file_name=str(cache_dir / f"{path.stem}-tokens.arrow"),
+            load_from_cache_file=False,
         )
         if snapshot.label_field != "labels":
             dataset = dataset.rename_column(snapshot.label_field, "labels")

@@ -2,14 +2,20 @@
 
 Pure functions: the availability probes are passed in (defaulting to torch's), so the
 choice is testable without a GPU and without importing torch at module import time.
+``auto`` never falls back to CPU silently: the worker logs why no GPU was usable.
 """
 
+import os
+import warnings
 from collections.abc import Callable
 from typing import Literal
 
 from temporalio.exceptions import ApplicationError
 
 from durabert.shared.errors import ErrorType, retryable_error
+from durabert.shared.logging import get_logger
+
+log = get_logger(__name__)
 
 Device = Literal["cuda", "mps", "cpu"]
 """A device durabert trains or infers on."""
@@ -42,6 +48,47 @@ def mps_available() -> bool:
     return bool(backend is not None and backend.is_available())
 
 
+def cuda_unavailable_reason() -> str:
+    """Say why torch sees no usable CUDA device, as precisely as torch lets us know.
+
+    Returns:
+        torch's own initialization warning when it gave one (a driver too old, a failed
+        ``cuInit``), else what this process's torch build and environment show.
+    """
+    import torch
+
+    if torch.version.cuda is None:
+        return "this torch build has no CUDA support (a CPU-only wheel)"
+    # torch reports a broken driver as a UserWarning from is_available(), not as an error.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        available = torch.cuda.is_available()
+    if caught:
+        return f"CUDA initialization failed: {caught[0].message}"
+    if available:
+        return "CUDA is available"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return (
+        f"torch (CUDA {torch.version.cuda}) sees no CUDA device: no NVIDIA driver or device in this "
+        f"container, or CUDA_VISIBLE_DEVICES={visible!r} hides them"
+    )
+
+
+_warned_fallbacks: set[str] = set()
+
+
+def _warn_cpu_fallback(reason: Callable[[], str]) -> None:
+    """Log, once per reason in this process, that ``auto`` falls back to CPU and why."""
+    why = reason()
+    if why not in _warned_fallbacks:
+        _warned_fallbacks.add(why)
+        log.warning(
+            "no usable GPU: DURABERT_GPU__DEVICE=auto trains and infers on CPU, many times slower "
+            "(set DURABERT_GPU__DEVICE=cuda to require a GPU)",
+            reason=why,
+        )
+
+
 def cuda_bf16_supported() -> bool:
     """Whether the CUDA device computes in bfloat16 (Ampere and newer)."""
     import torch
@@ -55,6 +102,7 @@ def select_device(
     *,
     has_cuda: Callable[[], bool] = cuda_available,
     has_mps: Callable[[], bool] = mps_available,
+    cuda_reason: Callable[[], str] = cuda_unavailable_reason,
 ) -> Device:
     """Pick the device: CUDA, then Apple MPS, then CPU.
 
@@ -63,6 +111,7 @@ def select_device(
         preference: The worker's setting: ``auto`` or one forced device.
         has_cuda: Probe for a CUDA device.
         has_mps: Probe for an Apple MPS device.
+        cuda_reason: Says why CUDA is unusable, for the warning when ``auto`` falls back to CPU.
 
     Returns:
         The device to use.
@@ -86,7 +135,42 @@ def select_device(
         return "cuda"
     if has_mps():
         return "mps"
+    _warn_cpu_fallback(cuda_reason)
     return "cpu"
+
+
+def _allocate_on(device: Device) -> None:
+    import torch
+
+    torch.zeros(1, device=device).add_(1)
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def check_device_usable(device: Device, *, allocate: Callable[[Device], None] = _allocate_on) -> None:
+    """Make sure the chosen GPU computes, in the process that trains on it.
+
+    torch can list a device whose driver or memory is broken; the first tensor then fails
+    deep inside training with a bare ``RuntimeError``. Checked up front, the attempt fails as
+    retryable ``DeviceUnavailableError`` before it touches the run folder, and moves on.
+
+    Args:
+        device: The device the worker chose.
+        allocate: Puts a tensor on the device (mocked in tests).
+
+    Raises:
+        ApplicationError: ``DeviceUnavailableError`` (retried) when the device does not compute.
+    """
+    if device == "cpu":
+        return
+    try:
+        allocate(device)
+    except (RuntimeError, AssertionError) as exc:  # torch raises AssertionError for a build without it
+        raise retryable_error(
+            ErrorType.DEVICE_UNAVAILABLE,
+            f"the {device} device of this worker is not usable ({type(exc).__name__}: {str(exc)[:300]}); "
+            "the attempt is retried, maybe on another worker",
+        ) from None
 
 
 def select_precision(device: Device, *, has_bf16: Callable[[], bool] = cuda_bf16_supported) -> Precision:

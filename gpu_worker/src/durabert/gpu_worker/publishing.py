@@ -15,6 +15,38 @@ from durabert.shared.redaction import redact_value
 log = get_logger(__name__)
 
 
+def _attempt_entries(
+    prepared: PreparedRun, attempts: Sequence[history.AttemptRecord]
+) -> list[dict[str, Any]]:
+    """The run's attempt records, the finishing one with how it trained (precision, batch split)."""
+    entries = [record.model_dump(mode="json", exclude={"kind"}) for record in attempts]
+    plan, resumed = prepared.plan, prepared.resumed_plan
+    for entry in entries:
+        if entry["attempt"] == prepared.attempt_seq:
+            entry.update(
+                precision=plan.precision,
+                per_device_batch_size=plan.per_device_batch_size,
+                gradient_accumulation_steps=plan.gradient_accumulation_steps,
+                out_of_memory_retries=prepared.out_of_memory_retries,
+                resumed_precision=resumed.precision if resumed else None,
+            )
+    return entries
+
+
+def _adjustments(prepared: PreparedRun) -> dict[str, Any]:
+    """Result fields that record how the final attempt deviated from the configuration, if it did."""
+    plan, resumed, config = prepared.plan, prepared.resumed_plan, prepared.job.request.config
+    changes: dict[str, Any] = {}
+    if plan.per_device_batch_size != config.batch_size:
+        changes.update(
+            per_device_batch_size=plan.per_device_batch_size,
+            gradient_accumulation_steps=plan.gradient_accumulation_steps,
+        )
+    if resumed is not None and resumed.precision != plan.precision:
+        changes.update(precision=plan.precision, resumed_precision=resumed.precision)
+    return changes
+
+
 def _manifest(
     prepared: PreparedRun,
     trainer: Any,
@@ -38,7 +70,7 @@ def _manifest(
         precision=prepared.precision,
         global_step=int(trainer.state.global_step),
         max_steps=int(trainer.state.max_steps),
-        attempts=[record.model_dump(mode="json", exclude={"kind"}) for record in attempts],
+        attempts=_attempt_entries(prepared, attempts),
         resume_points=[
             record.resumed_from_step for record in attempts if record.resumed_from_step is not None
         ],
@@ -118,4 +150,5 @@ def publish_run(
         device=job.device,
         model_path=prepared.store.relative(final_dir),
         label_names=request.dataset_snapshot.label_names,
+        **_adjustments(prepared),
     )

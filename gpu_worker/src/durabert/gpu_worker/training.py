@@ -8,15 +8,20 @@ It reports through an ``emit`` callback and stops early (saving a checkpoint fir
 ``stop`` is set, so the same code runs in-process in tests and benchmarks.
 """
 
+import gc
+import shutil
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
+from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
+
 from durabert.gpu_worker import checkpoints, storage
 from durabert.gpu_worker.callback import DurabertCallback
 from durabert.gpu_worker.events import TrainingStopped, TrainJob
-from durabert.gpu_worker.preparation import Emit, PreparedRun, prepare
+from durabert.gpu_worker.preparation import Emit, PreparedRun, TrainingPlan, prepare, restart_smaller
 from durabert.gpu_worker.publishing import publish_run
 from durabert.shared.errors import configuration_error
 from durabert.shared.logging import bind_run_id, get_logger
@@ -32,10 +37,39 @@ PROGRESS_UPDATES_PER_CHECKPOINT = 5
 class Trained:
     """What the training step hands to publishing."""
 
+    trainer: Any
+    """The Trainer that trained (a new one when out-of-memory retries rebuilt it)."""
     train_loss: float
     """Mean training loss (the Trainer's, or the last logged one for a finished checkpoint)."""
     seconds: float
     """Wall time of this attempt's training."""
+
+
+class DurabertTrainingPlan(TrainerCallback, ExportableState):  # type: ignore[misc]
+    """Saves the attempt's :class:`TrainingPlan` into every checkpoint's ``trainer_state.json``.
+
+    The Trainer stores the ``state()`` of such callbacks under their class name (the name is
+    ``preparation.PLAN_STATE_KEY``); a later attempt reads it back to know the precision the
+    checkpoint was trained in and the batch split that fit.
+    """
+
+    def __init__(self, precision: str, per_device_batch_size: int, gradient_accumulation_steps: int) -> None:
+        """Hold the plan.
+
+        Args:
+            precision: Numeric precision.
+            per_device_batch_size: Examples per forward pass.
+            gradient_accumulation_steps: Forward passes per optimizer step.
+        """
+        self.plan = {
+            "precision": precision,
+            "per_device_batch_size": per_device_batch_size,
+            "gradient_accumulation_steps": gradient_accumulation_steps,
+        }
+
+    def state(self) -> dict[str, Any]:
+        """The plan, as the Trainer saves callback states."""
+        return {"args": dict(self.plan), "attributes": {}}
 
 
 def _accuracy(prediction: Any) -> dict[str, float]:
@@ -59,13 +93,14 @@ def _last_logged_loss(state: dict[str, Any]) -> float:
 def _training_arguments(prepared: PreparedRun) -> Any:
     from transformers import TrainingArguments
 
-    job, config = prepared.job, prepared.job.request.config
+    job, config, plan = prepared.job, prepared.job.request.config, prepared.plan
     return TrainingArguments(
         # The Trainer writes into the attempt's private staging folder; the callback
         # publishes each complete checkpoint into checkpoints/ (see checkpoints.publish).
         output_dir=str(prepared.staging),
-        per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.batch_size,
+        per_device_train_batch_size=plan.per_device_batch_size,
+        gradient_accumulation_steps=plan.gradient_accumulation_steps,
+        per_device_eval_batch_size=plan.per_device_batch_size,
         learning_rate=config.learning_rate,
         num_train_epochs=config.num_epochs,
         max_steps=config.max_steps or -1,
@@ -105,15 +140,72 @@ def build_trainer(prepared: PreparedRun, callback: DurabertCallback) -> Any:
         eval_dataset=prepared.eval_set,
         processing_class=prepared.tokenizer,
         compute_metrics=_accuracy,
-        callbacks=[callback],
+        callbacks=[callback, DurabertTrainingPlan(**prepared.plan.state()["args"])],
     )
+    # Sequence-classification models take loss kwargs yet return a per-batch mean: told so, the
+    # Trainer divides by the accumulation steps, and a batch split after running out of memory
+    # gives the gradients (and the logged loss) of the whole batch instead of a multiple.
+    trainer.loss_is_scaled_for_ga = False
     # With tqdm disabled the Trainer prints every log dict to stdout; durabert logs them itself.
     trainer.remove_callback(PrinterCallback)
     return trainer
 
 
+def _train_once(prepared: PreparedRun, trainer: Any, callback: DurabertCallback) -> Trained:
+    """One ``trainer.train`` from the resume point (or none for a finished checkpoint)."""
+    resume, finished = prepared.resume, prepared.finished
+    if finished is not None:
+        trainer.state.global_step = int(finished["global_step"])
+        trainer.state.max_steps = int(finished["max_steps"])
+        return Trained(trainer=trainer, train_loss=_last_logged_loss(finished), seconds=0.0)
+    # A save needs about as much room as the newest checkpoint; a fresh run probes with 1 MiB.
+    save_bytes = storage.folder_bytes(resume.path) if resume else storage.PROBE_BYTES
+    started = time.monotonic()
+    with storage.storage_guard(prepared.checkpoints_dir, save_bytes, "a checkpoint"):
+        output = trainer.train(resume_from_checkpoint=str(resume.path) if resume else None)
+    return Trained(
+        trainer=trainer, train_loss=float(output.training_loss), seconds=time.monotonic() - started
+    )
+
+
+def _smaller_plan(prepared: PreparedRun, error: BaseException) -> TrainingPlan:
+    """The plan to retry with after ``error`` (out of device memory), or the configuration error at 1."""
+    config, plan = prepared.job.request.config, prepared.plan
+    smaller = plan.smaller()
+    if smaller is None:
+        raise configuration_error(
+            f"config.batch_size: out of {prepared.job.device} memory at batch size 1 per device (batch size "
+            f"{config.batch_size}) with max_seq_length {config.max_seq_length}: the model does not fit this "
+            "worker; lower max_seq_length or use a smaller model or a bigger device"
+        ) from None
+    log.warning(
+        "out of device memory: training again with a smaller per-device batch and more accumulation steps",
+        device=prepared.job.device,
+        per_device_batch_size=smaller.per_device_batch_size,
+        gradient_accumulation_steps=smaller.gradient_accumulation_steps,
+        failed_per_device_batch_size=plan.per_device_batch_size,
+        error=str(error)[:200],
+    )
+    return smaller
+
+
+def _release_device_memory(device: str) -> None:
+    """Return what the failed Trainer held (optimizer state, activations) to the device."""
+    import torch
+
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    elif device == "mps":
+        torch.mps.empty_cache()
+
+
 def train(prepared: PreparedRun, trainer: Any, callback: DurabertCallback) -> Trained:
     """Train from the resume point to the planned steps, or stop early on request.
+
+    Out of device memory, the attempt starts over in place with half the per-device batch and
+    twice the accumulation steps (the same batch size, so the same result), from the newest
+    complete checkpoint, down to one example per pass.
 
     Args:
         prepared: The prepared run.
@@ -121,7 +213,7 @@ def train(prepared: PreparedRun, trainer: Any, callback: DurabertCallback) -> Tr
         callback: The Trainer's durabert callback.
 
     Returns:
-        The training loss and time.
+        The Trainer, training loss and time.
 
     Raises:
         TrainingStopped: When a stop request ended training after a checkpoint.
@@ -129,32 +221,23 @@ def train(prepared: PreparedRun, trainer: Any, callback: DurabertCallback) -> Tr
     """
     import torch
 
-    resume, finished = prepared.resume, prepared.finished
-    if finished is not None:
-        trainer.state.global_step = int(finished["global_step"])
-        trainer.state.max_steps = int(finished["max_steps"])
-        return Trained(train_loss=_last_logged_loss(finished), seconds=0.0)
-    # A save needs about as much room as the newest checkpoint; a fresh run probes with 1 MiB.
-    save_bytes = storage.folder_bytes(resume.path) if resume else storage.PROBE_BYTES
-    started = time.monotonic()
-    try:
-        with storage.storage_guard(prepared.checkpoints_dir, save_bytes, "a checkpoint"):
-            output = trainer.train(resume_from_checkpoint=str(resume.path) if resume else None)
-    except torch.OutOfMemoryError:
-        config = prepared.job.request.config
-        if config.batch_size == 1:
-            raise configuration_error(
-                f"config.batch_size: out of {prepared.job.device} memory at batch size 1 with max_seq_length "
-                f"{config.max_seq_length}: the model does not fit this worker; lower max_seq_length or "
-                "use a smaller model or a bigger device"
-            ) from None
-        raise
+    while True:
+        try:
+            trained = _train_once(prepared, trainer, callback)
+            break
+        except torch.OutOfMemoryError as exc:
+            plan = _smaller_plan(prepared, exc)
+        # Outside the handler: the exception's traceback pins the failed step's tensors.
+        del trainer
+        _release_device_memory(prepared.job.device)
+        restart_smaller(prepared, plan)
+        trainer = build_trainer(prepared, callback)
     if callback.stopped_at is not None:
         saved = checkpoints.newest_complete(prepared.checkpoints_dir)
-        step = int(trainer.state.global_step)
+        step = int(trained.trainer.state.global_step)
         log.info("training stopped on request", step=step, checkpoint=checkpoints.describe(saved))
         raise TrainingStopped(step, prepared.store.relative(saved.path) if saved else None)
-    return Trained(train_loss=float(output.training_loss), seconds=time.monotonic() - started)
+    return trained
 
 
 def run_training(job: TrainJob, emit: Emit, stop: threading.Event) -> BertFineTuneResult:
@@ -175,21 +258,42 @@ def run_training(job: TrainJob, emit: Emit, stop: threading.Event) -> BertFineTu
     """
     bind_run_id(job.request.run_id)
     prepared = prepare(job, emit)
+    try:
+        return _train_and_publish(prepared, emit, stop)
+    finally:
+        # Memory-mapped files may go while mapped (POSIX); a killed attempt's are removed by the next.
+        shutil.rmtree(prepared.cache_dir, ignore_errors=True)
+
+
+def _log_start(prepared: PreparedRun) -> None:
+    job, plan, resumed_plan = prepared.job, prepared.plan, prepared.resumed_plan
+    if resumed_plan is not None and resumed_plan.precision != plan.precision:
+        log.warning(
+            "resuming on a device with another precision",
+            checkpoint_precision=resumed_plan.precision,
+            precision=plan.precision,
+            device=job.device,
+        )
     log.info(
         "training starting",
         device=job.device,
-        precision=prepared.precision,
+        precision=plan.precision,
+        per_device_batch_size=plan.per_device_batch_size,
+        gradient_accumulation_steps=plan.gradient_accumulation_steps,
         attempt=job.attempt,
         resume_from=checkpoints.describe(prepared.resume),
         train_rows=len(prepared.train_set),
         eval_rows=len(prepared.eval_set),
     )
+
+
+def _train_and_publish(prepared: PreparedRun, emit: Emit, stop: threading.Event) -> BertFineTuneResult:
+    _log_start(prepared)
     resume = prepared.resume
     if stop.is_set():
         raise TrainingStopped(
             resume.step if resume else 0, prepared.store.relative(resume.path) if resume else None
         )
     callback = DurabertCallback(prepared, emit, stop)
-    trainer = build_trainer(prepared, callback)
-    trained = train(prepared, trainer, callback)
-    return publish_run(prepared, trainer, trained.train_loss, trained.seconds, emit)
+    trained = train(prepared, build_trainer(prepared, callback), callback)
+    return publish_run(prepared, trained.trainer, trained.train_loss, trained.seconds, emit)

@@ -73,6 +73,16 @@ DataFiles = str | list[str] | dict[str, str | list[str]]
 """Local paths, globs or URLs as ``datasets.load_dataset(data_files=...)`` takes them."""
 
 
+def _omitted(value: object) -> bool:
+    """Whether an optional field added after 0.2 is left out of the payload (it is None).
+
+    Activity workers are unversioned and serve every orchestrator build, and contract models
+    refuse unknown keys: leaving such a field out while it says nothing keeps the payload
+    readable by builds that predate it.
+    """
+    return value is None
+
+
 class ContractModel(BaseModel):
     """Base of every contract model: unknown keys are errors and field docstrings are descriptions."""
 
@@ -350,6 +360,18 @@ class BertFineTuneResult(ContractModel):
     """Final model folder relative to the artifact root (loadable by ``transformers.pipeline``)."""
     label_names: list[str] = Field(default_factory=list)
     """Class names; a label's index is its id."""
+    per_device_batch_size: int | None = Field(default=None, ge=1, exclude_if=_omitted)
+    """Examples per forward pass of the final attempt when out-of-memory retries lowered it below
+    ``config.batch_size`` (``gradient_accumulation_steps`` makes the batch size up, so the result is
+    the same); None: the configured batch size fitted."""
+    gradient_accumulation_steps: int | None = Field(default=None, ge=1, exclude_if=_omitted)
+    """Forward passes per optimizer step in that case; None: one."""
+    precision: str | None = Field(default=None, exclude_if=_omitted)
+    """Numeric precision (``bf16``, ``fp16``, ``fp32``) of the final attempt when it resumed a checkpoint
+    trained in another one (a resume onto another device); None otherwise (the model manifest
+    always records the precision)."""
+    resumed_precision: str | None = Field(default=None, exclude_if=_omitted)
+    """Precision the resumed checkpoint was trained in, in that case."""
 
     @model_validator(mode="before")
     @classmethod
@@ -435,6 +457,9 @@ class TrainingHeartbeat(ContractModel):
     """Attempt that sent the record."""
     pid: int | None = None
     """Process id of the training child (for operators and tests)."""
+    device: str | None = Field(default=None, exclude_if=_omitted)
+    """Device the attempt trains on (``cuda``, ``mps`` or ``cpu``), so a CPU fallback shows in
+    ``durabert status``; None before it is known."""
     updated_at: str | None = None
     """ISO 8601 time of the record."""
 

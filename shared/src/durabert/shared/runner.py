@@ -153,7 +153,11 @@ async def run_worker(settings: DurabertSettings, spec: WorkerSpec) -> int:
         log.info(
             "stop signal received; draining",
             role=spec.role,
+            # The budget (shared/settings.py): activities get the graceful timeout, a training
+            # child the stop allowance, and the process exits inside the grace period.
             graceful_shutdown_timeout_seconds=settings.worker.graceful_shutdown_timeout_seconds,
+            child_stop_seconds=settings.worker.child_stop_seconds,
+            termination_grace_period_seconds=settings.worker.termination_grace_period_seconds,
         )
         await worker.shutdown()
     else:

@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Literal, NoReturn, TypeVar
+from typing import Final, Literal, NoReturn, TypeVar
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -21,6 +21,23 @@ ENV_PREFIX = "DURABERT_"
 """Prefix of every durabert environment variable."""
 DEFAULT_DEPLOYMENT_NAME = "durabert-orchestrator"
 """Temporal Worker Deployment name of the orchestrator when none is configured."""
+
+# The shutdown budget, derived from one number (the pod's grace period):
+#
+#   SIGTERM ─ graceful_shutdown_timeout ─┬─ SHUTDOWN_EXIT_SECONDS ─┤ SIGKILL
+#   stop asked ─ child_stop_seconds ─┬─ CHILD_STOP_MARGIN ─┤ SDK cancels what still runs
+#
+# A training child gets ``child_stop_seconds`` to checkpoint; one that does not stop is killed
+# and the attempt reports before the SDK's cancel, and even what the SDK still has to cancel
+# then ends inside the exit margin, before the kubelet's SIGKILL.
+SHUTDOWN_EXIT_SECONDS: Final = 20.0
+"""Kept free at the end of the grace period: after the SDK cancels the activities still running
+at the graceful timeout, for them to kill their children and report, and for the process to exit."""
+CHILD_STOP_MARGIN_SECONDS: Final = 15.0
+"""Kept free between a training child's stop allowance and the graceful timeout: noticing the
+shutdown (a 1 s poll), killing and reaping a child that did not stop (up to 10 s) and reporting."""
+MIN_CHILD_STOP_SECONDS: Final = 5.0
+"""Least time a stopping training child gets to write its checkpoint, however short the budget."""
 
 
 class TemporalSettings(BaseModel):
@@ -78,7 +95,13 @@ class WorkerSettings(BaseModel):
     """Knobs of a worker process."""
 
     graceful_shutdown_timeout_seconds: float = Field(default=30.0, ge=0, le=3600)
-    """How long a stopping worker lets running activities finish before cancelling them."""
+    """How long a stopping worker lets running activities finish before cancelling them. With
+    ``termination_grace_period_seconds`` set it defaults to that less ``SHUTDOWN_EXIT_SECONDS``."""
+    termination_grace_period_seconds: int | None = Field(default=None, ge=1, le=3600)
+    """The time from SIGTERM to SIGKILL: the pod's ``terminationGracePeriodSeconds``, given here with
+    the same number (``DURABERT_WORKER__TERMINATION_GRACE_PERIOD_SECONDS``). The graceful timeout and
+    a training child's stop allowance are derived from it, so a stop always fits; None (a terminal,
+    tests): only the graceful timeout applies."""
     max_concurrent_workflow_tasks: int | None = Field(default=None, ge=1, le=10_000)
     """Workflow task slots; None takes the SDK default."""
     health_port: int | None = Field(default=None, ge=1, le=65535)
@@ -98,6 +121,32 @@ class WorkerSettings(BaseModel):
     def _empty_build_id_is_none(cls, value: object) -> object:
         # A manifest that sets the variable to "" means "no versioning", not an invalid id.
         return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _fit_grace_period(self) -> "WorkerSettings":
+        grace = self.termination_grace_period_seconds
+        if grace is None:
+            return self
+        latest = max(0.0, grace - SHUTDOWN_EXIT_SECONDS)
+        if "graceful_shutdown_timeout_seconds" not in self.model_fields_set:
+            self.graceful_shutdown_timeout_seconds = latest
+        elif self.graceful_shutdown_timeout_seconds > latest:
+            # A timeout this long would let the kubelet SIGKILL a worker still saving a checkpoint.
+            raise ValueError(
+                f"graceful_shutdown_timeout_seconds {self.graceful_shutdown_timeout_seconds:g} leaves less "
+                f"than {SHUTDOWN_EXIT_SECONDS:g} s of termination_grace_period_seconds {grace} to exit: "
+                f"at most {latest:g} (or leave it unset to derive it)"
+            )
+        return self
+
+    @property
+    def child_stop_seconds(self) -> float:
+        """Most time a stopping training child gets to checkpoint before it is killed.
+
+        Short enough that an attempt whose child ignores the stop still reports before the SDK
+        cancels it at the graceful timeout (``CHILD_STOP_MARGIN_SECONDS`` earlier).
+        """
+        return max(MIN_CHILD_STOP_SECONDS, self.graceful_shutdown_timeout_seconds - CHILD_STOP_MARGIN_SECONDS)
 
     @property
     def deployment_version(self) -> WorkerDeploymentVersion | None:
@@ -120,11 +169,17 @@ class GpuWorkerSettings(BaseModel):
     """Knobs of the GPU worker (``DURABERT_GPU__*``)."""
 
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
-    """``auto`` prefers CUDA, then Apple MPS, then CPU; the others force one."""
+    """``auto`` prefers CUDA, then Apple MPS, then CPU (falling back to CPU with a warning that says
+    why); the others force one. ``cuda`` is how GPU pods require a GPU: an attempt on a worker without
+    a usable one fails as a retryable ``DeviceUnavailableError``, so it moves to another worker."""
     max_concurrent_activities: int = Field(default=1, ge=1, le=64)
     """Activity slots: one per GPU, so queued runs wait instead of oversubscribing the device."""
     inference_cache_size: int = Field(default=2, ge=1, le=64)
     """Models kept warm for inference (least recently used is dropped)."""
+    cache_dir: Path | None = None
+    """Folder for the training child's memory-mapped Arrow files (the snapshot's splits and their
+    tokens; one subfolder per run, replaced by each attempt). None: inside the run's staging folder
+    on the artifact store. A local disk is faster; it needs about twice the snapshot's size."""
 
 
 class DurabertSettings(BaseSettings):
