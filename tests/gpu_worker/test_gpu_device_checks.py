@@ -61,9 +61,19 @@ def test_the_reason_is_torchs_own_initialization_warning_or_what_the_build_shows
         "CUDA initialization failed: CUDA initialization: The NVIDIA driver on your system is too old"
     )
     monkeypatch.setattr(torch.cuda, "is_available", no)
+
+    def no_driver() -> None:
+        raise RuntimeError("Found no NVIDIA driver on your system.")
+
+    monkeypatch.setattr(torch.cuda, "init", no_driver)
+    assert (
+        device.cuda_unavailable_reason()
+        == "CUDA initialization failed: Found no NVIDIA driver on your system."
+    )
+    monkeypatch.setattr(torch.cuda, "init", lambda: None)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert "sees no CUDA device" in device.cuda_unavailable_reason()
-    assert "CUDA_VISIBLE_DEVICES=''" in device.cuda_unavailable_reason()
+    assert "CUDA_VISIBLE_DEVICES='' hides them" in device.cuda_unavailable_reason()
     monkeypatch.setattr(torch.version, "cuda", None)
     assert device.cuda_unavailable_reason() == "this torch build has no CUDA support (a CPU-only wheel)"
 

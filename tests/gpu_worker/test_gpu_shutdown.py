@@ -144,7 +144,7 @@ async def test_a_child_that_ignores_the_stop_is_killed_and_reported_before_the_s
     assert info.value.type == "WorkerPreemptedError"
     assert child.kills == 1
     assert child.stop_requests == 1
-    assert child.waited_after_stop <= attempt.stop_seconds + 0.1
+    assert child.waited_after_stop <= settings.child_stop_seconds + 0.1
 
 
 async def test_a_cancel_during_a_shutdowns_stop_keeps_its_deadline(tmp_path, tiny_model_dir):
@@ -162,7 +162,7 @@ async def test_a_cancel_during_a_shutdowns_stop_keeps_its_deadline(tmp_path, tin
     assert child.stop_requests == 1
     assert child.kills == 1
     # The stop did not start over (nor wait for an exit) after the cancel: one allowance in all.
-    assert child.waited_after_stop <= attempt.stop_seconds + 0.1
+    assert child.waited_after_stop <= child.job.settings.worker.child_stop_seconds + 0.1
 
 
 # -- the real worker: SIGTERM to exit inside the grace period --------------------------------------

@@ -67,10 +67,15 @@ def cuda_unavailable_reason() -> str:
         return f"CUDA initialization failed: {caught[0].message}"
     if available:
         return "CUDA is available"
+    try:
+        # Without a device this creates no context; it raises torch's own reason (no driver, ...).
+        torch.cuda.init()
+    except (RuntimeError, AssertionError) as exc:
+        return f"CUDA initialization failed: {exc}"
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     return (
         f"torch (CUDA {torch.version.cuda}) sees no CUDA device: no NVIDIA driver or device in this "
-        f"container, or CUDA_VISIBLE_DEVICES={visible!r} hides them"
+        f"container, or CUDA_VISIBLE_DEVICES={visible if visible is not None else 'unset'!r} hides them"
     )
 
 
