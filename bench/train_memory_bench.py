@@ -129,23 +129,22 @@ def measure(root: Path, model: Path, python_path: str | None) -> dict[str, Any]:
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_CACHE=str(root / "hf-cache"))
     if python_path:
         env["PYTHONPATH"] = python_path
-    child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(root), str(model)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    peak_anon = peak_file = 0
-    while child.poll() is None:
-        status = _status(child.pid)
-        peak_anon = max(peak_anon, status.get("RssAnon", 0))
-        peak_file = max(peak_file, status.get("RssFile", 0))
-        time.sleep(0.02)
-    out, err = child.communicate()
-    if child.returncode != 0:
-        raise RuntimeError(f"training process failed ({child.returncode}):\n{err[-3000:]}")
-    figures: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    # Files, not pipes: nobody reads a pipe while sampling, and a full one would stall the child.
+    with (root / "child.out").open("w+") as out, (root / "child.err").open("w+") as err:
+        child = subprocess.Popen(
+            [sys.executable, "-c", CHILD, str(root), str(model)], env=env, stdout=out, stderr=err
+        )
+        peak_anon = peak_file = 0
+        while child.poll() is None:
+            status = _status(child.pid)
+            peak_anon = max(peak_anon, status.get("RssAnon", 0))
+            peak_file = max(peak_file, status.get("RssFile", 0))
+            time.sleep(0.02)
+        out.seek(0)
+        err.seek(0)
+        if child.returncode != 0:
+            raise RuntimeError(f"training process failed ({child.returncode}):\n{err.read()[-3000:]}")
+        figures: dict[str, Any] = json.loads(out.read().strip().splitlines()[-1])
     return {**figures, "peak_anon": peak_anon, "peak_file": peak_file}
 
 
