@@ -1,7 +1,6 @@
 """Shutdown fits the grace period: one budget, a stop with one deadline, a worker that exits in time."""
 
 import asyncio
-import multiprocessing
 import os
 import signal
 import uuid
@@ -10,16 +9,16 @@ from pathlib import Path
 import pytest
 from gpu_helpers import make_job, make_request, write_snapshot
 from gpu_workflows import GpuTestTrainingWorkflow, pending_heartbeat
-from temporalio.client import WorkflowFailureError
+from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 from temporalio.worker import Worker
 
-from durabert.gpu_worker import train_process
 from durabert.gpu_worker.activities import GpuActivities
 from durabert.gpu_worker.attempt import TrainingAttempt
 from durabert.gpu_worker.events import TrainingEvent
 from durabert.gpu_worker.reporting import HeartbeatReporter, StallWatchdog
+from durabert.gpu_worker.supervisor import TrainingChild
 from durabert.shared.runner import WorkerSpec, run_worker
 from durabert.shared.settings import (
     CHILD_STOP_MARGIN_SECONDS,
@@ -168,8 +167,26 @@ async def test_a_cancel_during_a_shutdowns_stop_keeps_its_deadline(tmp_path, tin
 # -- the real worker: SIGTERM to exit inside the grace period --------------------------------------
 
 
-def _ignore_stop_requests(control, stop) -> None:
-    """A training child that never hears the stop (a hung save, a stuck CUDA call)."""
+def _stop_never_arrives(self) -> None:
+    """The stop request is lost: the child trains on as if its save hung or a CUDA call stuck.
+
+    Patched on the parent's side, so the child is a real one from the worker's forkserver (a
+    child forked from this test process could inherit thread pools of earlier in-process runs).
+    """
+
+
+async def training_heartbeat(client, handle, worker: asyncio.Task, timeout: float = 120):
+    """The first heartbeat past step 1; fails at once if the worker or the workflow ended first."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        assert not worker.done(), f"the worker ended before training: {worker.exception()!r}"
+        beat = await pending_heartbeat(client, handle)
+        if beat is not None and beat.step >= 2:
+            return beat
+        if beat is None and (await handle.describe()).status != WorkflowExecutionStatus.RUNNING:
+            await handle.result()  # raises the attempt's failure
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"no training step within {timeout} s")
 
 
 async def test_the_worker_exits_within_the_grace_period_when_the_child_does_not_stop(
@@ -183,9 +200,8 @@ async def test_the_worker_exits_within_the_grace_period_when_the_child_does_not_
         log_format="json",
         worker={"termination_grace_period_seconds": grace},
     )
-    # Forked children inherit this patch: the child trains on and never stops by itself.
-    monkeypatch.setattr(train_process, "_watch_control", _ignore_stop_requests)
-    activities = GpuActivities(settings, multiprocessing.get_context("fork"))
+    monkeypatch.setattr(TrainingChild, "request_stop", _stop_never_arrives)
+    activities = GpuActivities(settings)
     spec = WorkerSpec(role="gpu", task_queue=queue_name, activities=[activities.fine_tune_bert])
     request = make_request(
         tiny_model_dir, write_snapshot(artifact_root, train_rows=128), max_steps=5000, checkpoint_steps=1000
@@ -200,10 +216,7 @@ async def test_the_worker_exits_within_the_grace_period_when_the_child_does_not_
                 id=f"gpu-test-{uuid.uuid4().hex[:8]}",
                 task_queue=f"{queue_name}-wf",
             )
-            beat = await pending_heartbeat(client, handle)
-            while beat is None or beat.step < 2:
-                await asyncio.sleep(0.2)
-                beat = await pending_heartbeat(client, handle)
+            beat = await training_heartbeat(client, handle, worker)
             sigterm_at = loop.time()
             os.kill(os.getpid(), signal.SIGTERM)  # what the kubelet sends; run_worker handles it
             assert await asyncio.wait_for(worker, timeout=grace) == 0
