@@ -1,8 +1,8 @@
 """The activities through ActivityEnvironment: cancel and worker shutdown stop training after a checkpoint."""
 
 import asyncio
-import multiprocessing
-import threading
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -93,51 +93,37 @@ async def test_worker_shutdown_checkpoints_fails_retryably_and_the_retry_resumes
     assert (root / result.model_path / "config.json").is_file()
 
 
-def hang_after_step(steps: int):
-    """Make ``Trainer.training_step`` hang forever after ``steps`` steps (in a forked child)."""
-    import transformers
-
-    original = transformers.Trainer.training_step
-
-    def training_step(self, *args, **kwargs):
-        if self.state.global_step >= steps:
-            threading.Event().wait()  # a deadlocked data loader or a hung CUDA call
-        return original(self, *args, **kwargs)
-
-    return training_step
-
-
-async def test_a_stalled_child_is_killed_and_the_retry_resumes(tmp_path, tiny_model_dir, monkeypatch):
-    import transformers
-
+async def test_a_stalled_child_is_killed_and_the_retry_resumes(tmp_path, tiny_model_dir):
     root = tmp_path / "artifacts"
     snapshot = write_snapshot(root, train_rows=128)
-    # A forked child inherits the patched Trainer: it hangs after its first checkpoint (step 4).
-    monkeypatch.setattr(transformers.Trainer, "training_step", hang_after_step(6))
-    hanging = GpuActivities(gpu_settings(root, tmp_path), child_context=multiprocessing.get_context("fork"))
-    request = make_request(tiny_model_dir, snapshot, max_steps=16, stall_timeout_seconds=10)
-    beats: list[TrainingHeartbeat] = []
+    activities = GpuActivities(gpu_settings(root, tmp_path))
+    request = make_request(tiny_model_dir, snapshot, **LONG, stall_timeout_seconds=10)
     env = ActivityEnvironment()
-    env.on_heartbeat = lambda *details: beats.append(TrainingHeartbeat.model_validate(details[0]))
+    task, beats = await start_and_wait_for_checkpoint(env, activities, request)
+    pid = child_pid(beats)
+    # Freeze the training child after its first checkpoint: to its parent it is a hung CUDA
+    # call or a deadlocked data loader (alive, silent).
+    os.kill(pid, signal.SIGSTOP)
     with pytest.raises(ApplicationError) as info:
-        await env.run(hanging.fine_tune_bert, request)
+        await task
     assert info.value.type == "TrainingStalledError"
     assert not info.value.non_retryable
     assert "phase 'training'" in info.value.message
-    assert process_gone(child_pid(beats))
+    assert process_gone(pid)
     stalled = TrainingHeartbeat.model_validate(info.value.details[0])
-    assert stalled.step == 6
-    assert stalled.latest_checkpoint.step == 4
+    assert stalled.latest_checkpoint is not None
+    assert stalled.step < LONG["max_steps"]
 
-    monkeypatch.undo()
     retry = request.model_copy(
-        update={"attempt": 2, "resume_from_checkpoint": stalled.latest_checkpoint.path}
+        update={
+            "attempt": 2,
+            "resume_from_checkpoint": stalled.latest_checkpoint.path,
+            "config": request.config.model_copy(update={"max_steps": stalled.latest_checkpoint.step + 8}),
+        }
     )
-    result = await ActivityEnvironment().run(
-        GpuActivities(gpu_settings(root, tmp_path)).fine_tune_bert, retry
-    )
-    assert result.resumed_from_step == 4
-    assert result.global_step == 16
+    result = await ActivityEnvironment().run(activities.fine_tune_bert, retry)
+    assert result.resumed_from_step == stalled.latest_checkpoint.step
+    assert result.global_step == stalled.latest_checkpoint.step + 8
 
 
 async def test_configuration_errors_fail_before_a_child_starts(tmp_path):

@@ -80,7 +80,7 @@ class GpuActivities:
             TrainingChild(job, self.child_context),
             HeartbeatReporter(request.run_id, attempt),
             StallWatchdog(request.config.stall_timeout_seconds),
-            stop_seconds=self.settings.worker.graceful_shutdown_timeout_seconds,
+            stop_seconds=self.settings.worker.child_stop_seconds,
         )
         return await supervised.run()
 
