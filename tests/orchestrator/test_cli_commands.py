@@ -21,15 +21,17 @@ from typing import Any
 import pytest
 from cli_capture import Captured
 from fake_runs import CLAIMED_PREFIX, UNKNOWN_RUN, FakeTrainer, training_worker, workflow_worker
+from temporalio import workflow
 from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
-from temporalio.worker import Worker
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from durabert.orchestrator import client_ops, demo
 from durabert.orchestrator.cli import execute
 from durabert.orchestrator.devserver import DevServer, free_port
 from durabert.shared import names
-from durabert.shared.models import BertFineTuneConfig
+from durabert.shared.models import BertFineTuneConfig, BertFineTuneResult
 from durabert.shared.settings import DurabertSettings
 
 pytestmark = pytest.mark.integration
@@ -596,3 +598,46 @@ async def test_the_demo_is_a_client_like_the_cli(
     # Started with durabert train's id policies: the closed run's id is refused.
     with pytest.raises(client_ops.RunIdInUseError, match=f"run_id {run_id} is in use"):
         await demo.train_and_infer(client, cli_settings, config, demo.Preemption(stand_in, armed=False))  # type: ignore[arg-type]
+
+
+@workflow.defn(name=names.TRAINING_WORKFLOW)
+class EndsOtherwiseWhenCancelled:
+    """A training run that sees the cancellation and completes (or fails) instead of ending cancelled."""
+
+    @workflow.run
+    async def run(self, config: BertFineTuneConfig) -> BertFineTuneResult:
+        """Wait for the cancellation, then finish the way the config's ``dataset_name`` says."""
+        try:
+            await workflow.wait_condition(lambda: False)
+        except asyncio.CancelledError:
+            if config.dataset_name == "fails":
+                raise ApplicationError("disk full", type="ArtifactWriteError", non_retryable=True) from None
+        assert config.run_id is not None
+        return BertFineTuneResult(
+            run_id=config.run_id, config=config, train_loss=0.1, training_time_seconds=1.0,
+            num_parameters=1, total_checkpoints_saved=1, global_step=4, attempts=1, device="cpu",
+            model_path=f"runs/{config.run_id}/model",
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("dataset", "said"),
+    [("completes", "ended completed first"), ("fails", "ended failed first: ArtifactWriteError: disk full")],
+)
+async def test_cancel_wait_fails_when_the_run_ends_otherwise(
+    cli: Cli, client: Client, cli_settings: DurabertSettings, tmp_path: Path, dataset: str, said: str
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(f"dataset_name: {dataset}\nmax_steps: 4\n")
+    run_id = new_run_id()
+    async with Worker(
+        client,
+        task_queue=cli_settings.queues.orchestrator,
+        workflows=[EndsOtherwiseWhenCancelled],
+        workflow_runner=UnsandboxedWorkflowRunner(),
+    ):
+        assert (await cli("train", str(config), "--run-id", run_id))[0] == 0
+        code, out = await cli("cancel", run_id, "--wait")
+    assert code == 1, out.stdout
+    assert f"run {run_id} was not cancelled: it {said}" in out.stderr
+    assert "is canceled" not in out.stdout

@@ -14,13 +14,16 @@ import pytest
 from cli_capture import Captured
 from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ActivityError, ApplicationError, RetryState
+from temporalio.service import RPCError, RPCStatusCode
 
-from durabert.orchestrator.cli import build_parser, execute
+from durabert.orchestrator.cli import _print_status, build_parser, execute, rpc_error_text
 from durabert.orchestrator.client_ops import (
     LiveProgress,
+    RunStatus,
     failure_message,
     failure_type,
     merge_progress,
+    query_progress,
     web_ui_url,
 )
 from durabert.orchestrator.config_file import (
@@ -32,6 +35,7 @@ from durabert.orchestrator.config_file import (
 from durabert.orchestrator.devserver import free_port
 from durabert.orchestrator.progress import LineView, format_progress, progress_details, result_rows
 from durabert.orchestrator.run_ids import check_run_id, generate_run_id, inference_workflow_id
+from durabert.shared import names
 from durabert.shared.models import (
     RUN_ID_PATTERN,
     BertFineTuneConfig,
@@ -304,6 +308,89 @@ def test_web_ui_url() -> None:
     assert web_ui_url(settings, "run-1") == "http://temporal.example:8233/namespaces/ml/workflows/run-1"
     custom = DurabertSettings(temporal={"ui_url": "https://ui.example/", "namespace": "ml"})
     assert web_ui_url(custom, "r") == "https://ui.example/namespaces/ml/workflows/r"
+    # Temporal Cloud serves no UI on the frontend's host: http://<ns>.tmprl.cloud:8233 leads nowhere.
+    cloud = DurabertSettings(temporal={"address": "ml.a2b3c.tmprl.cloud:7233", "namespace": "ml.a2b3c"})
+    assert web_ui_url(cloud, "r") == "https://cloud.temporal.io/namespaces/ml.a2b3c/workflows/r"
+
+
+# --- Temporal errors the CLI reports --------------------------------------------------------
+
+
+def _rpc_error(status: RPCStatusCode) -> RPCError:
+    return RPCError("request denied", status, b"")
+
+
+@pytest.mark.parametrize(
+    ("status", "said"),
+    [
+        (RPCStatusCode.PERMISSION_DENIED, "permission denied by Temporal at t.example:7233 (namespace 'ml')"),
+        (RPCStatusCode.UNAUTHENTICATED, "permission denied by Temporal at t.example:7233 (namespace 'ml')"),
+        (RPCStatusCode.UNAVAILABLE, "lost the connection to Temporal at t.example:7233 (namespace 'ml')"),
+        (RPCStatusCode.INVALID_ARGUMENT, "Temporal refused the request (INVALID_ARGUMENT)"),
+    ],
+)
+def test_rpc_errors_are_named_for_what_they_are(status: RPCStatusCode, said: str) -> None:
+    settings = DurabertSettings(temporal={"address": "t.example:7233", "namespace": "ml"})
+    text = rpc_error_text(_rpc_error(status), settings)
+    assert text.startswith(said)
+    assert "orchestrator worker" not in text
+
+
+class _QueryFails:
+    """A workflow handle whose progress query fails with one RPC status."""
+
+    id = "run-q"
+
+    def __init__(self, status: RPCStatusCode) -> None:
+        self.status = status
+
+    async def query(self, *args: object, **kwargs: object) -> TrainingProgress:
+        raise _rpc_error(self.status)
+
+
+@pytest.mark.parametrize(
+    "status", [RPCStatusCode.PERMISSION_DENIED, RPCStatusCode.UNAUTHENTICATED, RPCStatusCode.UNAVAILABLE]
+)
+async def test_a_refused_query_is_not_passed_off_as_no_worker(status: RPCStatusCode) -> None:
+    # Returning None here would make `status` print "is an orchestrator worker polling ...?".
+    with pytest.raises(RPCError) as raised:
+        await query_progress(_QueryFails(status))  # type: ignore[arg-type]
+    assert raised.value.status == status
+
+
+async def test_a_query_nobody_answers_in_time_is_no_answer() -> None:
+    assert await query_progress(_QueryFails(RPCStatusCode.DEADLINE_EXCEEDED)) is None  # type: ignore[arg-type]
+
+
+# --- the device a run trains on -------------------------------------------------------------
+
+
+def test_status_shows_the_running_attempts_device_and_the_results() -> None:
+    heartbeat = TrainingHeartbeat(phase="training", step=3, max_steps=10, attempt=2, device="cpu")
+    live = merge_progress("r1", TrainingProgress(run_id="r1", stage="training", attempt=2), heartbeat)
+    assert live.device == "cpu"
+    running = RunStatus(run_id="r1", status="running", workflow_type=names.TRAINING_WORKFLOW, live=live)
+    output = Captured()
+    _print_status(output, running, "orchestrator-queue")
+    assert "device cpu (the running attempt's)" in output.stdout
+    assert running.to_json()["device"] == "cpu"
+    # Closed: no attempt runs; the result says where the run trained.
+    result = BertFineTuneResult(
+        run_id="r1", config=BertFineTuneConfig(dataset_name="glue", run_id="r1"), train_loss=0.5,
+        training_time_seconds=1.0, num_parameters=10, total_checkpoints_saved=1, global_step=10,
+        attempts=1, device="mps", model_path="runs/r1/model",
+    )  # fmt: skip
+    closed = RunStatus(
+        run_id="r1",
+        status="completed",
+        workflow_type=names.TRAINING_WORKFLOW,
+        live=merge_progress("r1", TrainingProgress(run_id="r1", stage="completed"), None),
+        result=result,
+    )
+    assert closed.to_json()["device"] == "mps"
+    output = Captured()
+    _print_status(output, closed, "orchestrator-queue")
+    assert re.search(r"device\s+mps", output.stdout)
 
 
 def test_failure_message_digs_out_the_innermost_cause() -> None:

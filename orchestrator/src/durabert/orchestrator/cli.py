@@ -322,6 +322,9 @@ def _print_status(output: Output, state: RunStatus, queue: str) -> None:
         output.say(f"note: {state.run_id} is a {state.workflow_type} workflow, not a training run")
         return
     _print_progress(output, state, queue)
+    if state.live is not None and state.live.device is not None:
+        # The heartbeat's device: a GPU worker that fell back to CPU shows here, not only in its log.
+        output.say(f"device {state.live.device} (the running attempt's)")
     if state.result is not None:
         output.out.print(result_table(state.result))
     if state.error_type == ErrorType.RUN_ID_IN_USE:
@@ -343,14 +346,19 @@ async def _status(ctx: _Context) -> int:
 async def _cancel(ctx: _Context) -> int:
     run_id: str = ctx.args.run_id
     bind_run_id(run_id)
-    if ctx.args.wait:
-        ctx.output.say(f"cancellation of run {run_id} requested; waiting for it to stop")
-    final = await client_ops.cancel_run(ctx.client, run_id, wait=ctx.args.wait)
-    if ctx.args.wait:
-        ctx.output.say(f"run {run_id} is {final}")
-    else:
+    if not ctx.args.wait:
+        await client_ops.cancel_run(ctx.client, run_id, wait=False)
         ctx.output.say(f"cancellation of run {run_id} requested; follow it with: durabert status {run_id}")
-    return EXIT_OK
+        return EXIT_OK
+    ctx.output.say(f"cancellation of run {run_id} requested; waiting for it to stop")
+    outcome = await client_ops.cancel_run(ctx.client, run_id, wait=True)
+    if outcome.status == "canceled":
+        ctx.output.say(f"run {run_id} is canceled")
+        return EXIT_OK
+    # The run closed some other way before the workflow acted on the request: not a success.
+    reason = f": {outcome.error}" if outcome.error else ""
+    ctx.output.error(f"run {run_id} was not cancelled: it ended {outcome.status} first{reason}")
+    return EXIT_FAILED
 
 
 async def _infer(ctx: _Context, request: BertInferenceRequest) -> int:
@@ -454,8 +462,38 @@ async def execute(
     except (RunNotFoundError, RunAlreadyRunningError, RunNotRunningError, RunIdInUseError) as exc:
         output.error(str(exc))
     except RPCError as exc:
-        output.error(f"Temporal refused the request ({exc.status.name}): {exc.message}")
+        output.error(rpc_error_text(exc, settings))
     return EXIT_FAILED
+
+
+def rpc_error_text(error: RPCError, settings: DurabertSettings) -> str:
+    """Say what a Temporal error means for the person at the terminal.
+
+    Permission and connection errors name the server, namespace and the settings to check, so
+    they are never mistaken for a missing worker or a bad run.
+
+    Args:
+        error: The error a Temporal call raised.
+        settings: The settings used (address and namespace are named).
+
+    Returns:
+        One message.
+    """
+    temporal = settings.temporal
+    where = f"Temporal at {temporal.address} (namespace {temporal.namespace!r})"
+    status = error.status.name
+    if error.status in client_ops.ACCESS_DENIED:
+        return (
+            f"permission denied by {where} ({status}): {error.message}. Check the credentials "
+            "(DURABERT_TEMPORAL__API_KEY, DURABERT_TEMPORAL__TLS_CERT_PATH / _KEY_PATH) and the namespace "
+            "(DURABERT_TEMPORAL__NAMESPACE)"
+        )
+    if error.status in client_ops.CONNECTION_LOST:
+        return (
+            f"lost the connection to {where} ({status}): {error.message}. Is the server up? "
+            "(DURABERT_TEMPORAL__ADDRESS, DURABERT_TEMPORAL__TLS*)"
+        )
+    return f"Temporal refused the request ({status}): {error.message}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,6 @@ orchestrator worker. :func:`live_progress` merges the two.
 """
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -51,6 +50,11 @@ QUERY_TIMEOUT = timedelta(seconds=5)
 
 DEV_SERVER_UI_PORT = 8233
 """Port of the Web UI of ``temporal server start-dev``, used when no UI URL is configured."""
+
+TEMPORAL_CLOUD_DOMAIN = ".tmprl.cloud"
+"""Frontend addresses of Temporal Cloud end with this."""
+TEMPORAL_CLOUD_UI = "https://cloud.temporal.io"
+"""Web UI of Temporal Cloud (workflows under ``/namespaces/<namespace>/workflows/<id>``)."""
 
 
 class RunNotFoundError(LookupError):
@@ -132,6 +136,9 @@ class LiveProgress:
     """Whether the workflow answered ``get_progress`` (False: no orchestrator worker in time)."""
     live: bool
     """Whether a running attempt's heartbeat was merged in."""
+    device: str | None = None
+    """Device the running attempt trains on (its heartbeat's), so a CPU fallback shows; None when
+    no attempt runs or it has not said yet."""
 
 
 @dataclass
@@ -157,6 +164,13 @@ class RunStatus:
     error_type: str | None = None
     """Type of the innermost application error, e.g. ``RunIdInUseError``."""
 
+    @property
+    def device(self) -> str | None:
+        """The device the run trains on: the running attempt's, else the result's; None if unknown."""
+        if self.live is not None and self.live.device is not None:
+            return self.live.device
+        return self.result.device if self.result is not None else None
+
     def to_json(self) -> dict[str, Any]:
         """Render for ``--json`` output.
 
@@ -172,6 +186,7 @@ class RunStatus:
             "close_time": self.close_time.isoformat() if self.close_time else None,
             "progress": progress.model_dump(mode="json") if progress else None,
             "workflow_answered": self.live.answered if self.live else None,
+            "device": self.device,
             "result": self.result.model_dump(mode="json") if self.result else None,
             "error": self.error,
             "error_type": self.error_type,
@@ -254,19 +269,38 @@ def web_ui_url(settings: DurabertSettings, workflow_id: str) -> str:
     """Link to a workflow in the Temporal Web UI.
 
     Args:
-        settings: durabert settings (``temporal.ui_url``, address and namespace).
+        settings: durabert settings (``temporal.ui_url``, address and namespace). Without a UI
+            URL: Temporal Cloud's UI for a ``*.tmprl.cloud`` address, else the dev server's
+            ``http://<address host>:8233``.
         workflow_id: The workflow to link to.
 
     Returns:
         ``<ui>/namespaces/<namespace>/workflows/<id>``.
     """
     temporal = settings.temporal
-    base = temporal.ui_url or f"http://{temporal.address.rpartition(':')[0]}:{DEV_SERVER_UI_PORT}"
+    host = temporal.address.rpartition(":")[0]
+    if temporal.ui_url:
+        base = temporal.ui_url
+    elif host.endswith(TEMPORAL_CLOUD_DOMAIN):
+        base = TEMPORAL_CLOUD_UI  # Cloud serves no UI on the frontend's host
+    else:
+        base = f"http://{host}:{DEV_SERVER_UI_PORT}"
     return f"{base.rstrip('/')}/namespaces/{temporal.namespace}/workflows/{workflow_id}"
 
 
 def _not_found(error: RPCError) -> bool:
     return error.status == RPCStatusCode.NOT_FOUND
+
+
+ACCESS_DENIED = frozenset({RPCStatusCode.PERMISSION_DENIED, RPCStatusCode.UNAUTHENTICATED})
+"""Statuses meaning the server refused these credentials (API key, client certificate, namespace)."""
+CONNECTION_LOST = frozenset({RPCStatusCode.UNAVAILABLE})
+"""Status meaning the server could not be reached (any more) during a command."""
+
+
+def _not_a_missing_answer(error: RPCError) -> bool:
+    """Whether a failed query says more than "no worker answered in time" and must be reported."""
+    return error.status in ACCESS_DENIED or error.status in CONNECTION_LOST
 
 
 async def start_training(
@@ -359,6 +393,7 @@ async def query_progress(
 
     Raises:
         RunNotFoundError: The workflow does not exist.
+        RPCError: Permission refused or connection lost (never passed off as "no worker").
     """
     try:
         progress: TrainingProgress = await handle.query(
@@ -367,6 +402,8 @@ async def query_progress(
     except RPCError as exc:
         if _not_found(exc):
             raise RunNotFoundError(handle.id) from None
+        if _not_a_missing_answer(exc):
+            raise
         return None
     except (WorkflowQueryFailedError, WorkflowQueryRejectedError):
         return None
@@ -414,7 +451,12 @@ def merge_progress(
     if heartbeat is None:
         return LiveProgress(progress=answer, answered=answer is not None, live=False)
     base = answer or TrainingProgress(run_id=run_id, stage="training", attempt=heartbeat.attempt)
-    return LiveProgress(progress=base.with_heartbeat(heartbeat), answered=answer is not None, live=True)
+    return LiveProgress(
+        progress=base.with_heartbeat(heartbeat),
+        answered=answer is not None,
+        live=True,
+        device=heartbeat.device,
+    )
 
 
 async def _live_from(
@@ -576,7 +618,18 @@ async def _follow(
             return True
 
 
-async def cancel_run(client: Client, run_id: str, *, wait: bool) -> str:
+@dataclass
+class CancelOutcome:
+    """What a cancellation request came to."""
+
+    status: str
+    """``running`` (requested, not waited for) or the run's final lowercase status; only
+    ``canceled`` means the cancellation took effect: a run may complete or fail first."""
+    error: str | None = None
+    """Why the run failed, when it ended failed (or timed out, terminated) instead."""
+
+
+async def cancel_run(client: Client, run_id: str, *, wait: bool) -> CancelOutcome:
     """Request cancellation of a running training run.
 
     Args:
@@ -585,7 +638,8 @@ async def cancel_run(client: Client, run_id: str, *, wait: bool) -> str:
         wait: Wait until the workflow has closed (the GPU work has stopped).
 
     Returns:
-        The status after the request: ``running`` (cancel requested) or the final one.
+        The status after the request (``running`` when not waiting), and the error of a run that
+        ended otherwise than cancelled.
 
     Raises:
         RunNotFoundError: No workflow has this id.
@@ -599,10 +653,16 @@ async def cancel_run(client: Client, run_id: str, *, wait: bool) -> str:
         )
     await handle.cancel()
     if not wait:
-        return "running"
-    with contextlib.suppress(WorkflowFailureError):  # the expected end of a cancelled run
+        return CancelOutcome(status="running")
+    error: str | None = None
+    try:
         await handle.result()
-    return status_name((await handle.describe()).status)
+    except WorkflowFailureError as exc:
+        error = failure_message(exc)
+    # The closing event decides: a request is only a request, and the run may have completed or
+    # failed before the workflow saw it.
+    status = status_name((await handle.describe()).status)
+    return CancelOutcome(status=status, error=None if status == "canceled" else error)
 
 
 @dataclass

@@ -60,7 +60,9 @@ class TemporalSettings(BaseModel):
     api_key: SecretStr | None = None
     """Temporal Cloud API key (never logged)."""
     ui_url: str | None = None
-    """Base URL of the Temporal Web UI, for links the CLI prints; None: ``http://<address host>:8233``."""
+    """Base URL of the Temporal Web UI, for links the CLI prints (``DURABERT_TEMPORAL__UI_URL``); None:
+    ``https://cloud.temporal.io`` for a Temporal Cloud address, else the dev server's
+    ``http://<address host>:8233``."""
 
     @field_validator("address")
     @classmethod
