@@ -73,7 +73,9 @@ async def test_killed_then_preempted_gpu_workers_lose_at_most_one_interval(
 
     # A preemption: SIGTERM the replacement once it has trained past its resume point.
     resumed = first.latest_checkpoint.step
-    before_term = await wait_progress(handle, lambda p: p.attempt >= 2 and p.step > resumed + 2)
+    before_term = await wait_progress(
+        handle, lambda p: p.attempt >= 2 and p.phase == "training" and p.step > resumed + 2
+    )
     second.signal(signal.SIGTERM)
     assert second.wait(timeout=60) == 0  # drained: checkpoint written, then a clean exit
     stopped = second.wait_for(lambda line: line.get("event") == "training stopped", timeout=5)

@@ -13,7 +13,14 @@ from typing import Any
 
 from temporalio import activity
 
-from durabert.gpu_worker.events import CheckpointEvent, ProgressEvent, PulseEvent, StartedEvent, TrainingEvent
+from durabert.gpu_worker.events import (
+    CheckpointEvent,
+    ProgressEvent,
+    PulseEvent,
+    StartedEvent,
+    StoppedEvent,
+    TrainingEvent,
+)
 from durabert.shared.logging import get_logger
 from durabert.shared.models import SLOW_PHASE_FACTOR, CheckpointInfo, TrainingHeartbeat, TrainingPhase
 
@@ -64,6 +71,13 @@ class HeartbeatReporter:
             state.phase, state.step = event.phase, max(state.step, event.step)
         elif isinstance(event, StartedEvent):
             self._on_started(event)
+        elif isinstance(event, StoppedEvent) and event.checkpoint is not None:
+            # A stop before the first step reports the checkpoint the attempt would resume from.
+            known = state.latest_checkpoint
+            if known is None or event.step > known.step:
+                state.latest_checkpoint = self._checkpoint(
+                    event.step, event.checkpoint, state.epoch, state.loss
+                )
         elif isinstance(event, ProgressEvent | CheckpointEvent):
             state.step, state.epoch, state.max_steps = (
                 event.step,
