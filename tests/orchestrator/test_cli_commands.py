@@ -203,7 +203,9 @@ async def test_train_wait_shows_progress_then_the_result(
     code, out = await cli("train", str(config_file), "--run-id", run_id, "--wait", "--interval", "0.05")
     await driver
     assert code == 0, out.stderr
-    assert "training · step 1/4 (25%)" in out.stdout
+    # The live view showed a training step before the end (which step depends on when the
+    # CLI's poll lands between the driver's steps).
+    assert re.search(r"training · step [1-3]/4 \(\d+%\)", out.stdout), out.stdout
     assert f"run {run_id} completed" in out.stdout
     assert "global step" in out.stdout
     assert "eval_accuracy" in out.stdout
