@@ -103,6 +103,6 @@ async def test_two_racing_attempts_one_is_fenced_off_and_nothing_is_lost(tmp_pat
     assert all(r.attempt == 2 for r in records[take_over:]), (
         "the fenced-off attempt wrote history after the take-over"
     )
-    assert not list((store.run_dir("run-1") / "staging").glob("*/checkpoint-*"))
+    assert not list((store.checkpoints_dir("run-1") / ".staging").glob("*/checkpoint-*"))
     with pytest.raises(ChildExited):
         await old.next_event(1)

@@ -28,8 +28,9 @@ log = get_logger(__name__)
 
 Emit = Callable[[TrainingEvent], None]
 """Receives each event training produces."""
-STAGING_DIR = "staging"
-"""Folder of the attempts' private checkpoint staging folders inside a run folder."""
+STAGING_DIR = ".staging"
+"""Folder of the attempts' private staging folders inside a run's ``checkpoints/``: on the same
+file system as the checkpoints, so publishing one is a rename (its name is not a checkpoint's)."""
 PLAN_STATE_KEY = "DurabertTrainingPlan"
 """Key of the training plan in a checkpoint's ``trainer_state.json`` (its ``stateful_callbacks``)."""
 
@@ -174,14 +175,14 @@ def _resume_point(job: TrainJob, store: ArtifactStore) -> checkpoints.Checkpoint
     return checkpoints.choose_resume_checkpoint(store.checkpoints_dir(request.run_id), requested)
 
 
-def _fresh_staging(run_dir: Path) -> Path:
+def _fresh_staging(store: ArtifactStore, run_id: str) -> Path:
     """A new private staging folder for this attempt; leftovers of dead attempts are removed."""
     # Runs under the fence: an attempt that still writes into its old staging folder is
     # superseded, and its publish (guarded) would fail anyway.
-    parent = run_dir / STAGING_DIR
+    parent = store.checkpoints_dir(run_id) / STAGING_DIR
     if parent.is_dir():
         shutil.rmtree(parent, ignore_errors=True)
-    model_folder.clear_staging(run_dir)
+    model_folder.clear_staging(store.run_dir(run_id))
     staging = parent / f"attempt-{uuid.uuid4().hex[:8]}"
     staging.mkdir(parents=True)
     return staging
@@ -303,7 +304,7 @@ def prepare(job: TrainJob, emit: Emit) -> PreparedRun:
     fence.take_over()
     with fence.guard("prepare the run folder"):
         resume = _resume_point(job, store)
-        staging = _fresh_staging(store.run_dir(request.run_id))
+        staging = _fresh_staging(store, request.run_id)
         cache_dir = _fresh_cache(job, staging)
         attempt_seq = _record_attempt(job, store.run_dir(request.run_id), resume)
     model, tokenizer, finished = load_model(source, job, resume)
