@@ -37,8 +37,8 @@ pytestmark = pytest.mark.slow
 
 SOAK_SEED = 7
 SOAK_KILLS = 5
-SOAK_STEPS = 150
-SOAK_INTERVAL = 10
+SOAK_STEPS = 600
+SOAK_INTERVAL = 20
 
 
 def _history(cluster: Cluster, run_id: str) -> list[dict[str, Any]]:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import structlog
+from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from durabert.orchestrator.devserver import free_port
@@ -157,3 +158,21 @@ def test_sys_executable_is_the_venv() -> None:
     # The console scripts the tests start must be this environment's.
     assert (BIN_DIR / "durabert-orchestrator-worker").exists(), sys.executable
     asyncio.get_event_loop_policy()  # keeps the import used on every Python
+
+
+async def test_workers_send_heartbeats_every_few_seconds_not_at_the_sdk_throttle(client) -> None:
+    from datetime import timedelta
+
+    from durabert.shared.runner import WorkerSpec, build_worker
+
+    settings = DurabertSettings.model_validate({"worker": {"heartbeat_interval_seconds": 1.5}})
+    worker = build_worker(client, settings, WorkerSpec(role="gpu", task_queue="q", activities=[noop]))
+    # Live training progress is heartbeat details: the SDK would otherwise hold them back for
+    # 0.8 x the heartbeat timeout (48 s at the default of 60 s).
+    assert worker.config()["max_heartbeat_throttle_interval"] == timedelta(seconds=1.5)
+    assert DurabertSettings().worker.heartbeat_interval_seconds == 2.0
+
+
+@activity.defn(name="noop")
+async def noop() -> None:
+    """An activity to register."""

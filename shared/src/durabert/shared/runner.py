@@ -110,6 +110,7 @@ def build_worker(client: Client, settings: DurabertSettings, spec: WorkerSpec) -
         max_concurrent_activities=spec.max_concurrent_activities,
         max_concurrent_workflow_tasks=settings.worker.max_concurrent_workflow_tasks,
         graceful_shutdown_timeout=timedelta(seconds=settings.worker.graceful_shutdown_timeout_seconds),
+        max_heartbeat_throttle_interval=timedelta(seconds=settings.worker.heartbeat_interval_seconds),
         deployment_config=deployment_config(settings, spec),
         **spec.worker_options,
     )

@@ -106,6 +106,11 @@ class WorkerSettings(BaseModel):
     tests): only the graceful timeout applies."""
     max_concurrent_workflow_tasks: int | None = Field(default=None, ge=1, le=10_000)
     """Workflow task slots; None takes the SDK default."""
+    heartbeat_interval_seconds: float = Field(default=2.0, gt=0, le=60)
+    """Most time between two heartbeats an activity sends to the server. Live progress of a
+    training run travels as heartbeat details, so this is how fresh ``durabert status`` is; the
+    SDK's own throttle (0.8 x the heartbeat timeout, 48 s at the default of 60 s) would make it
+    stale. One small RPC per interval per running activity; no workflow history."""
     health_port: int | None = Field(default=None, ge=1, le=65535)
     """Port of the ``/healthz`` endpoint (for Kubernetes probes); None serves none."""
     deployment_name: str = Field(
