@@ -7,7 +7,8 @@ from temporalio.client import WorkflowHandle
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from durabert.shared import activities, names
+    from durabert.orchestrator.client_ops import running_attempt
+    from durabert.shared import activities
     from durabert.shared.errors import NON_RETRYABLE_ERROR_TYPES
     from durabert.shared.models import BertFineTuneRequest, BertFineTuneResult, TrainingHeartbeat
 
@@ -36,9 +37,4 @@ class GpuTestTrainingWorkflow:
 
 async def pending_heartbeat(client, handle: WorkflowHandle) -> TrainingHeartbeat | None:
     """The live heartbeat of the workflow's pending fine-tuning activity, read with ``describe``."""
-    description = await handle.describe()
-    for pending in description.raw_description.pending_activities:
-        if pending.activity_type.name == names.FINE_TUNE_BERT and pending.heartbeat_details.payloads:
-            values = await client.data_converter.decode(pending.heartbeat_details.payloads)
-            return TrainingHeartbeat.model_validate(values[0])
-    return None
+    return await running_attempt(client, await handle.describe())

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from durabert.gpu_worker import checkpoints, history, model_folder
-from durabert.gpu_worker.data import load_tokenized, locate_snapshot
+from durabert.gpu_worker.data import SnapshotFiles, load_tokenized, locate_snapshot
 from durabert.gpu_worker.device import Precision, check_device_usable, select_precision
 from durabert.gpu_worker.events import PulseEvent, TrainingEvent, TrainJob
 from durabert.gpu_worker.fencing import RunFence
@@ -279,6 +279,25 @@ def _record_attempt(job: TrainJob, run_dir: Path, resume: checkpoints.Checkpoint
     return seq
 
 
+def _tokenize(job: TrainJob, files: SnapshotFiles, tokenizer: Any, cache_dir: Path) -> tuple[Any, Any]:
+    """Tokenize the snapshot's splits into the attempt's cache; a failed attempt leaves no cache."""
+    config = job.request.config
+    try:
+        return load_tokenized(
+            files,
+            job.request.dataset_snapshot,
+            tokenizer,
+            max_seq_length=config.max_seq_length,
+            max_train_samples=config.max_train_samples,
+            max_eval_samples=config.max_eval_samples,
+            seed=config.seed,
+            cache_dir=cache_dir,
+        )
+    except BaseException:
+        shutil.rmtree(cache_dir, ignore_errors=True)
+        raise
+
+
 def prepare(job: TrainJob, emit: Emit) -> PreparedRun:
     """Take the run folder over, load the model and data, and decide where to resume.
 
@@ -311,20 +330,7 @@ def prepare(job: TrainJob, emit: Emit) -> PreparedRun:
     resumed_plan = checkpoint_plan(resume.path) if resume else None
     plan = _first_plan(config, select_precision(job.device), resumed_plan)
     emit(PulseEvent(phase="tokenizing"))
-    try:
-        train_set, eval_set = load_tokenized(
-            files,
-            request.dataset_snapshot,
-            tokenizer,
-            max_seq_length=config.max_seq_length,
-            max_train_samples=config.max_train_samples,
-            max_eval_samples=config.max_eval_samples,
-            seed=config.seed,
-            cache_dir=cache_dir,
-        )
-    except BaseException:
-        shutil.rmtree(cache_dir, ignore_errors=True)
-        raise
+    train_set, eval_set = _tokenize(job, files, tokenizer, cache_dir)
     return PreparedRun(
         job=job,
         store=store,
