@@ -81,7 +81,7 @@ def main() -> None:
     data = write_jsonl(settings.data_dir / "reviews.jsonl", args.rows)
     env = {k: v for k, v in os.environ.items() if not k.startswith("DURABERT_")} | {
         "DURABERT_TEMPORAL__ADDRESS": server.address,
-        "DURABERT_ARTIFACT_ROOT": str(settings.artifact_root),
+        "DURABERT_ARTIFACT_ROOT": str(settings.artifact_dir),
         "DURABERT_DATA_DIR": str(settings.data_dir),
         "DURABERT_LOG_LEVEL": "WARNING",
         "DURABERT_LOG_FORMAT": "json",
@@ -119,7 +119,7 @@ def main() -> None:
     assert result.dataset_snapshot is not None
     plain_root = work / "plain"
     shutil.copytree(
-        settings.artifact_root / result.dataset_snapshot.snapshot_path, plain_root / "snapshots" / "bench"
+        settings.artifact_dir / result.dataset_snapshot.snapshot_path, plain_root / "snapshots" / "bench"
     )
     request = BertFineTuneRequest(run_id="plain", config=config, dataset_snapshot=result.dataset_snapshot)
     # Imports are not timed on either side: the GPU worker had them preloaded too.

@@ -45,7 +45,7 @@ def test_activity_environment_cancellation_stops_without_a_snapshot(local_settin
     env.on_heartbeat = lambda *details: env.cancel()
     with pytest.raises(CancelledError):
         env.run(SnapshotActivities(local_settings).create_dataset_snapshot, json_request("rows.jsonl"))
-    assert not (local_settings.artifact_root / "snapshots").exists()
+    assert not (local_settings.artifact_dir / "snapshots").exists()
 
 
 def test_background_heartbeat_carries_the_activity_context() -> None:
@@ -120,7 +120,7 @@ async def test_worker_snapshots_retries_transient_faults_and_never_bad_input(
         result = await _run(client, settings, json_request("rows.jsonl", run_id="worker-run"), queue_name)
         assert len(failures) == 1  # the first attempt died before the rename; the retry finished
         assert not result.cache_hit
-        assert (settings.artifact_root / result.snapshot_path / "manifest.json").is_file()
+        assert (settings.artifact_dir / result.snapshot_path / "manifest.json").is_file()
 
         with pytest.raises(WorkflowFailureError) as caught:
             await _run(client, settings, json_request("rows.jsonl", label_field="stars"), queue_name)

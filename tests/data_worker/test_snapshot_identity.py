@@ -129,7 +129,7 @@ def test_max_samples_after_a_seeded_shuffle_holds_both_classes(local_settings, w
     snapshot = result.result
     assert snapshot.label_names == ["negative", "positive"]
     assert (snapshot.num_train_samples, snapshot.num_eval_samples) == (100, 40)
-    folder = ArtifactStore(local_settings.artifact_root).resolve(snapshot.snapshot_path)
+    folder = ArtifactStore(local_settings.artifact_dir).resolve(snapshot.snapshot_path)
     train_labels = pq.read_table(folder / "train.parquet").column("label").to_pylist()
     eval_labels = pq.read_table(folder / "eval.parquet").column("label").to_pylist()
     assert set(train_labels) == {0, 1}

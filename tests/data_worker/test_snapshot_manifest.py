@@ -61,7 +61,7 @@ def test_a_store_written_by_the_previous_release_keeps_its_cache_hit(local_setti
     write_rows("pinned.jsonl", _pinned_rows())
     request = json_request("pinned.jsonl", max_train_samples=50, max_eval_samples=10, seed=7)
     first = create_snapshot(request, local_settings).result
-    folder = local_settings.artifact_root / first.snapshot_path
+    folder = local_settings.artifact_dir / first.snapshot_path
     (folder / MANIFEST_FILE).write_text(json.dumps(OLD_MANIFEST))  # as the old worker left it
 
     again = create_snapshot(request, local_settings).result
@@ -74,7 +74,7 @@ def test_new_manifests_use_the_new_names_and_read_back(local_settings, write_row
     write_rows("pinned.jsonl", _pinned_rows())
     request = json_request("pinned.jsonl", max_train_samples=50, dataset_config_name=None)
     result = create_snapshot(request, local_settings).result
-    folder = local_settings.artifact_root / result.snapshot_path
+    folder = local_settings.artifact_dir / result.snapshot_path
     raw = json.loads((folder / MANIFEST_FILE).read_text())
     assert raw["source"]["max_train_samples"] == 50
     assert "max_samples" not in raw["source"]

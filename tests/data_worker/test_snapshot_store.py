@@ -13,7 +13,7 @@ from durabert.shared.artifacts import ArtifactStore
 
 
 def _snapshots(settings) -> list[str]:
-    folder = settings.artifact_root / "snapshots"
+    folder = settings.artifact_dir / "snapshots"
     return sorted(path.name for path in folder.iterdir()) if folder.exists() else []
 
 
@@ -48,7 +48,7 @@ def test_killed_writers_leftovers_are_ignored_and_replaced(local_settings, write
     write_rows("rows.jsonl", reviews(60))
     request = json_request("rows.jsonl")
     first = create_snapshot(request, local_settings).result
-    folder = ArtifactStore(local_settings.artifact_root).resolve(first.snapshot_path)
+    folder = ArtifactStore(local_settings.artifact_dir).resolve(first.snapshot_path)
     # A worker killed outright (SIGKILL) leaves its temporary folder; a foreign copy left a
     # folder without manifest under the final name. Neither may count as complete.
     leftover = folder.parent / f"{store.TEMP_PREFIX}{first.snapshot_id}-dead"
@@ -86,7 +86,7 @@ def test_stored_files_and_manifest(local_settings, write_rows) -> None:
         "num_labels": "3",
     }
     assert result.snapshot_path == f"snapshots/{result.snapshot_id}"
-    folder = local_settings.artifact_root / result.snapshot_path
+    folder = local_settings.artifact_dir / result.snapshot_path
     train = pq.read_table(folder / "train.parquet")
     evaluation = pq.read_table(folder / "eval.parquet")
     assert train.column_names == ["premise", "hypothesis", "gold"]
@@ -113,5 +113,5 @@ def test_source_eval_split_is_used_and_shuffle_can_be_turned_off(local_settings,
     kept = create_snapshot(
         json_request(files, shuffle_before_select=False, max_samples=5), local_settings
     ).result
-    train = pq.read_table(local_settings.artifact_root / kept.snapshot_path / "train.parquet")
+    train = pq.read_table(local_settings.artifact_dir / kept.snapshot_path / "train.parquet")
     assert train.column("sentence").to_pylist() == [row["sentence"] for row in reviews(5)]

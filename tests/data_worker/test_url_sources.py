@@ -87,7 +87,7 @@ def test_a_snapshot_of_a_url_with_credentials_never_shows_them(
     result = _run_activity(local_settings, request)
 
     assert seen == [[url]]  # the loader got the real URL: reading needs the credentials
-    manifest = (local_settings.artifact_root / result.snapshot_path / "manifest.json").read_text()
+    manifest = (local_settings.artifact_dir / result.snapshot_path / "manifest.json").read_text()
     logs = capsys.readouterr().err
     assert "snapshot created" in logs  # the logs were captured, so their silence means something
     for written in (manifest, result.model_dump_json(), logs):

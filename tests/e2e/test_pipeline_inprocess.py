@@ -97,9 +97,9 @@ async def test_snapshot_train_and_infer_with_real_workers(
     # The held-out split is the same kind of text: a trained model gets it (nearly) all right.
     assert result.eval_metrics["eval_accuracy"] >= 0.9
     assert result.dataset_snapshot is not None
-    snapshot_dir = settings.artifact_root / result.dataset_snapshot.snapshot_path
+    snapshot_dir = settings.artifact_dir / result.dataset_snapshot.snapshot_path
     assert (snapshot_dir / "manifest.json").is_file()
-    model_dir = settings.artifact_root / result.model_path
+    model_dir = settings.artifact_dir / result.model_path
     assert (model_dir / "config.json").is_file()
     assert result.total_checkpoints_saved == 3
 

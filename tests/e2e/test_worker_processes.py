@@ -91,10 +91,10 @@ async def test_killed_then_preempted_gpu_workers_lose_at_most_one_interval(
     # The last attempt resumed from the checkpoint saved at SIGTERM: nothing lost there.
     assert result.resumed_from_step == stopped["checkpoint_step"]
     assert progress.resumes == 2
-    records = history.read(cluster.settings.artifact_root / "runs" / run_id)
+    records = history.read(cluster.settings.artifact_dir / "runs" / run_id)
     # One kill costs at most one checkpoint interval; the SIGTERM costs nothing.
     assert steps_trained(records) <= config.max_steps + CHECKPOINT_STEPS
-    assert (cluster.settings.artifact_root / result.model_path / "config.json").is_file()
+    assert (cluster.settings.artifact_dir / result.model_path / "config.json").is_file()
 
 
 async def test_cancel_from_the_cli_frees_the_gpu(

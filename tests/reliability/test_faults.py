@@ -136,7 +136,7 @@ async def test_data_worker_killed_mid_snapshot_never_shows_a_partial_snapshot(
         for w in cluster.workers
         if w.script == "durabert-data-worker" and w.process and w.process.poll() is None
     ]
-    snapshots = cluster.settings.artifact_root / "snapshots"
+    snapshots = cluster.settings.artifact_dir / "snapshots"
     # Snapshots of earlier tests in this module share the store: only new names count.
     preexisting = set(os.listdir(snapshots)) if snapshots.exists() else set()
     with _SnapshotWatcher(snapshots) as watcher:
@@ -181,7 +181,7 @@ async def test_truncated_checkpoint_is_skipped_and_the_older_one_used(
     gpu_worker.signal(signal.SIGTERM)  # a clean stop: it checkpoints, the next attempt starts at once
     assert gpu_worker.wait(timeout=60) == 0
     stopped = gpu_worker.wait_for(lambda line: line.get("event") == "training stopped", timeout=5)
-    folder = cluster.settings.artifact_root / stopped["checkpoint"]
+    folder = cluster.settings.artifact_dir / stopped["checkpoint"]
     older = [
         c.step for c in checkpoints.list_checkpoints(folder.parent) if c.step < stopped["checkpoint_step"]
     ]
@@ -352,7 +352,7 @@ async def test_sigterm_while_training_checkpoints_then_exits_within_the_timeout(
     assert code == 0
     assert seconds < 60
     assert stopped["checkpoint"] is not None
-    assert checkpoints.is_complete(cluster.settings.artifact_root / stopped["checkpoint"])
+    assert checkpoints.is_complete(cluster.settings.artifact_dir / stopped["checkpoint"])
     # It stopped early (of 5000 steps) and saved where it stopped, not only at the last
     # periodic checkpoint (every 5 steps): the drain checkpoints on the way out, and that
     # checkpoint is the one the activity reports.

@@ -71,7 +71,7 @@ class Hostile:
     @property
     def store(self) -> Path:
         """The artifact store every worker here writes to."""
-        return self.settings.artifact_root
+        return self.settings.artifact_dir
 
     @property
     def data_dir(self) -> Path:
@@ -108,7 +108,7 @@ async def env(
         queues=QueueSettings(data=f"data-{suffix}", gpu=f"gpu-{suffix}", orchestrator=f"orch-{suffix}"),
         data=DataWorkerSettings(allow_trust_remote_code=False),
     )
-    for folder in (settings.artifact_root, settings.data_dir, root / "outside"):
+    for folder in (settings.artifact_dir, settings.data_dir, root / "outside"):
         folder.mkdir(parents=True)
     hostile = Hostile(settings, client, dev_server.address, root / "outside")
     async with AsyncExitStack() as stack:

@@ -76,7 +76,7 @@ class Cluster:
         )
 
     def run_dir(self, run_id: str) -> Path:
-        return self.settings.artifact_root / "runs" / run_id
+        return self.settings.artifact_dir / "runs" / run_id
 
     def stop_all(self, script: str | None = None) -> None:
         for worker in self.workers:
@@ -95,7 +95,7 @@ def make_cluster(address: str, root: Path, rows: int = 400, **env: str) -> Clust
     )
     base_env = {
         "DURABERT_TEMPORAL__ADDRESS": address,
-        "DURABERT_ARTIFACT_ROOT": str(settings.artifact_root),
+        "DURABERT_ARTIFACT_ROOT": str(settings.artifact_dir),
         "DURABERT_DATA_DIR": str(settings.data_dir),
         "DURABERT_QUEUES__DATA": settings.queues.data,
         "DURABERT_QUEUES__GPU": settings.queues.gpu,

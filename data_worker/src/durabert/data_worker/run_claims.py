@@ -26,7 +26,7 @@ class RunClaimActivities:
         Args:
             settings: The worker's settings (artifact root).
         """
-        self._store = ArtifactStore(settings.artifact_root)
+        self._store = ArtifactStore(settings.artifact_dir)
 
     @activity.defn(name=names.CLAIM_RUN)
     def claim_run(self, request: RunClaimRequest) -> RunClaimResult:

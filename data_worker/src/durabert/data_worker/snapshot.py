@@ -249,7 +249,7 @@ def _build(
     stored = {"train": (tables["train"], train_rows), "eval": (eval_source, eval_rows)}
     digest = stream_hash(stored, columns, labelled.label_names, progress)
     manifest = _manifest(request, labelled, digest, {"train": len(train_rows), "eval": len(eval_rows)})
-    store = ArtifactStore(settings.artifact_root)
+    store = ArtifactStore(settings.artifact_dir)
     published, cache_hit = publish_snapshot(store, manifest, streaming_writer(stored, columns), progress)
     return _result(request, published, store.relative(store.snapshot_dir(published.snapshot_id)), cache_hit)
 

@@ -45,7 +45,7 @@ class GpuActivities:
                 default (tests pass ``fork`` to inject faults into the child).
         """
         self.settings = settings
-        self.store = ArtifactStore(settings.artifact_root)
+        self.store = ArtifactStore(settings.artifact_dir)
         self.cache = ModelCache(self.store, settings.gpu.inference_cache_size)
         self.child_context = child_context
 

@@ -314,7 +314,7 @@ def prepare(job: TrainJob, emit: Emit) -> PreparedRun:
     """
     request, config = job.request, job.request.config
     emit(PulseEvent(phase="loading"))
-    store = ArtifactStore(job.settings.artifact_root)
+    store = ArtifactStore(job.settings.artifact_dir)
     files = locate_snapshot(store, request.dataset_snapshot)
     source = resolve_model_source(config.model_name, store)
     # Before the run folder is touched: an unusable GPU sends the attempt elsewhere, unchanged.

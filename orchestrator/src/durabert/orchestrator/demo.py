@@ -302,7 +302,7 @@ async def run_demo(kill: bool, state_dir: Path, data_dir: Path) -> int:
         )
         preemption = Preemption(processes, armed=kill)
         figures = await train_and_infer(client, settings, config, preemption)
-        report(*figures, settings.artifact_root, killed=preemption.killed_at is not None)
+        report(*figures, settings.artifact_dir, killed=preemption.killed_at is not None)
         say(f"total {time.monotonic() - started:.0f} s")
     return 0
 

@@ -21,13 +21,13 @@ RUNS_DIR = "runs"
 class ArtifactStore:
     """The artifact store rooted at one folder."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path | str) -> None:
         """Open the store at ``root`` (created when missing).
 
         Args:
             root: The store's root folder on this machine.
         """
-        self.root = root.expanduser().resolve()
+        self.root = Path(root).expanduser().resolve()
 
     def resolve(self, relative: str) -> Path:
         """Turn a payload path into a path on this machine, refusing escapes from the root.

@@ -163,6 +163,17 @@ class WorkerSettings(BaseModel):
         return WorkerDeploymentVersion(deployment_name=self.deployment_name, build_id=self.build_id)
 
 
+class StoreSettings(BaseModel):
+    """Knobs of object-store artifact roots (``DURABERT_STORE__*``); unused with a local folder."""
+
+    retry_seconds: float = Field(default=120.0, gt=0, le=3600)
+    """How long one transfer retries a transient fault (store unreachable, timeouts, 5xx) with
+    backoff before the attempt fails as a retryable ``ArtifactStoreError``."""
+    leftover_age_seconds: float = Field(default=3600.0, ge=0)
+    """Age after which an upload without a completion marker counts as a killed upload's leftover
+    and is deleted (younger ones may still be uploading)."""
+
+
 class DataWorkerSettings(BaseModel):
     """Knobs of the data worker (``DURABERT_DATA__*``)."""
 
@@ -209,8 +220,16 @@ class DurabertSettings(BaseSettings):
     """Data worker knobs."""
     gpu: GpuWorkerSettings = Field(default_factory=GpuWorkerSettings)
     """GPU worker knobs."""
-    artifact_root: Path = Field(default_factory=lambda: Path.home() / ".durabert" / "artifacts")
-    """Shared store of snapshots, checkpoints and models; every worker mounts it."""
+    artifact_root: str = Field(default_factory=lambda: str(Path.home() / ".durabert" / "artifacts"))
+    """Store of snapshots, checkpoints and models: a folder every worker mounts (``/srv/artifacts``),
+    or an object-store URL (``s3://bucket/prefix``, ``gs://...``, ``az://...``) that no two workers
+    need to share a folder for. S3 credentials and endpoint come from the standard ``AWS_*``
+    variables, never from this URL."""
+    work_dir: Path = Field(default_factory=lambda: Path.home() / ".durabert" / "work")
+    """This worker's own scratch folder (never shared): with an object-store root, its local copies
+    of snapshots, checkpoints and models, and the uploads being staged."""
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    """Object-store transfer knobs."""
     data_dir: Path = Field(default_factory=lambda: Path.home() / ".durabert" / "data")
     """Folder of downloaded demo data (readable by runs by default)."""
     allowed_data_roots: list[Path] | None = None
@@ -230,10 +249,35 @@ class DurabertSettings(BaseSettings):
         """
         return {names.QUEUES_MEMO_KEY: {"data": self.queues.data, "gpu": self.queues.gpu}}
 
+    @field_validator("artifact_root", mode="before")
+    @classmethod
+    def _artifact_root_text(cls, value: object) -> object:
+        """Accept a ``Path`` as well as text; expand ``~`` in a local path (never in a URL)."""
+        if isinstance(value, Path):
+            value = str(value)
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("must be a folder or an object-store URL such as s3://bucket/prefix")
+        if isinstance(value, str) and "://" not in value:
+            return str(Path(value).expanduser())
+        return value
+
+    @property
+    def artifact_url(self) -> str | None:
+        """The object-store URL of the artifact root, or None when it is a local folder."""
+        return self.artifact_root.rstrip("/") if "://" in self.artifact_root else None
+
+    @property
+    def artifact_dir(self) -> Path:
+        """The folder this worker reads and writes artifacts in: the root itself when it is a
+        folder, this worker's local copy (``<work_dir>/artifacts``) when it is an object store."""
+        if self.artifact_url is None:
+            return Path(self.artifact_root)
+        return self.work_dir.expanduser() / "artifacts"
+
     @property
     def data_roots(self) -> list[Path]:
         """Folders local data files may come from, resolved."""
-        roots = self.allowed_data_roots or [self.artifact_root, self.data_dir]
+        roots = self.allowed_data_roots or [self.artifact_dir, self.data_dir]
         return [root.expanduser().resolve() for root in roots]
 
 
