@@ -8,6 +8,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from temporalio.client import Client
@@ -15,6 +16,9 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 
 from durabert.orchestrator.devserver import DevServer, free_port
 from durabert.shared.settings import DurabertSettings
+
+if TYPE_CHECKING:
+    from support.s3 import S3Server
 
 # Worker-process fixtures (`cluster`, `gpu_worker`) shared by the e2e and reliability tests.
 pytest_plugins = ["support.cluster"]
@@ -49,6 +53,23 @@ def artifact_root(tmp_path: Path) -> Path:
     root = tmp_path / "artifacts"
     root.mkdir()
     return root
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> "Iterator[S3Server]":
+    """moto's S3 API on loopback for the session (``support.s3.S3Server``), for object-store roots."""
+    from support.s3 import S3Server  # moto and boto3 exist only in the dev environment
+
+    with S3Server() as server:
+        yield server
+
+
+@pytest.fixture
+def s3_root(s3_server: "S3Server", monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh ``s3://<unique bucket>/artifacts`` root, with this test's ``AWS_*`` variables set."""
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    return s3_server.new_bucket(f"durabert-{uuid.uuid4().hex[:12]}") + "/artifacts"
 
 
 @pytest.fixture

@@ -9,128 +9,101 @@ place, so a local cache holds only whole, verified copies.
 Nothing here knows about training or snapshots; the workers decide what to upload and when.
 """
 
-import hashlib
+import contextlib
 import os
 import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from pydantic import Field, ValidationError
+from pydantic import ValidationError
 
 from durabert.shared.errors import ErrorType, configuration_error, retryable_error
-from durabert.shared.models import ContractModel
+from durabert.shared.logging import get_logger
+from durabert.shared.object_store_backends import (
+    BACKEND_PACKAGES,
+    CONNECT_TIMEOUT_SECONDS,
+    READ_TIMEOUT_SECONDS,
+    TEST_SCHEMES,
+    is_object_store_url,
+    modified_time,
+    open_filesystem,
+    url_scheme,
+)
+from durabert.shared.object_store_errors import (
+    Fault,
+    classify,
+    credentials_error,
+    first_line,
+    missing_root_error,
+    unavailable_error,
+)
+from durabert.shared.object_store_local import (
+    MARKER_FILE,
+    CompletionMarker,
+    StoredFile,
+    describe_folder,
+    key_problem,
+    replace_folder,
+    sha256_of,
+    verify_file,
+)
 from durabert.shared.redaction import redact
 
-MARKER_FILE: Final = "durabert-complete.json"
-"""Completion marker of a folder artifact in the store; written last, after every file it lists."""
+__all__ = [
+    "BACKEND_PACKAGES",
+    "CONNECT_TIMEOUT_SECONDS",
+    "MARKER_FILE",
+    "READ_TIMEOUT_SECONDS",
+    "TEST_SCHEMES",
+    "CompletionMarker",
+    "ObjectStore",
+    "StoredFile",
+    "describe_folder",
+    "is_object_store_url",
+    "open_object_store",
+    "sha256_of",
+    "url_scheme",
+]
 
-BACKEND_PACKAGES: Final[dict[str, tuple[str, str]]] = {
-    "s3": ("s3fs", "s3"),
-    "gs": ("gcsfs", "gcs"),
-    "gcs": ("gcsfs", "gcs"),
-    "az": ("adlfs", "azure"),
-    "abfs": ("adlfs", "azure"),
-}
-"""Scheme of an object-store URL to (the fsspec package that reads it, the durabert extra)."""
+log = get_logger(__name__)
 
-TEST_SCHEMES: Final = frozenset({"memory", "file"})
-"""fsspec schemes accepted as artifact roots for tests and single-machine trials."""
-
-_CREDENTIAL_HINTS: Final[dict[str, str]] = {
-    "s3": "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL for an S3-compatible store)",
-    "gs": "GOOGLE_APPLICATION_CREDENTIALS",
-    "gcs": "GOOGLE_APPLICATION_CREDENTIALS",
-    "az": "AZURE_STORAGE_ACCOUNT_NAME / AZURE_STORAGE_ACCOUNT_KEY (or AZURE_STORAGE_CONNECTION_STRING)",
-    "abfs": "AZURE_STORAGE_ACCOUNT_NAME / AZURE_STORAGE_ACCOUNT_KEY (or AZURE_STORAGE_CONNECTION_STRING)",
-}
-
-_CHUNK: Final = 1 << 20
 ResultT = TypeVar("ResultT")
 
 
-def url_scheme(root: str) -> str | None:
-    """The scheme of an object-store URL, or None for a local path.
-
-    Args:
-        root: ``DURABERT_ARTIFACT_ROOT`` as given.
-
-    Returns:
-        ``"s3"`` for ``s3://bucket/prefix``; None for ``/srv/artifacts`` or ``~/artifacts``.
-    """
-    scheme, separator, _ = root.partition("://")
-    return scheme.lower() if separator and scheme.isalnum() else None
-
-
-def is_object_store_url(root: str) -> bool:
-    """Whether an artifact root names an object store (rather than a local folder)."""
-    return url_scheme(root) is not None
-
-
-class StoredFile(ContractModel):
-    """One file of a completed artifact, as its marker lists it."""
-
-    size: int = Field(ge=0)
-    """Size in bytes."""
-    sha256: str
-    """Hex SHA-256 of the content."""
-
-
-class CompletionMarker(ContractModel):
-    """Contents of :data:`MARKER_FILE`: the artifact is exactly these files."""
-
-    files: dict[str, StoredFile]
-    """POSIX path relative to the artifact's folder to its size and checksum."""
-    completed_at: str
-    """ISO 8601 time the upload finished."""
-    writer: dict[str, Any] = Field(default_factory=dict)
-    """Who uploaded it (worker identity, attempt fence), for operators."""
-
-
-def sha256_of(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _local_files(folder: Path) -> Iterator[Path]:
-    """Every file under ``folder`` except hidden names (temporaries, locks, staging folders)."""
-    for path in sorted(folder.rglob("*")):
-        relative = path.relative_to(folder)
-        if path.is_file() and not any(part.startswith(".") for part in relative.parts):
-            yield path
-
-
-def describe_folder(folder: Path) -> dict[str, StoredFile]:
-    """List a local folder the way its completion marker will.
-
-    Args:
-        folder: The folder to upload.
-
-    Returns:
-        POSIX relative path to size and checksum, for every non-hidden file.
-    """
-    return {
-        path.relative_to(folder).as_posix(): StoredFile(size=path.stat().st_size, sha256=sha256_of(path))
-        for path in _local_files(folder)
-    }
+_FIRST_DELAY_SECONDS: Final = 0.25
+"""Wait before the first retry of a transient fault; doubled after each one."""
+_MAX_DELAY_SECONDS: Final = 5.0
+"""Longest wait between two retries, so a store that comes back is used within seconds."""
+_UPLOAD_GUARD: Final = ".durabert-uploading"
+"""Object written when an upload starts and deleted when its marker is written: it keeps the
+newest object of a prefix being re-uploaded fresh, so :meth:`ObjectStore.remove_incomplete`
+never takes a running re-upload of an old artifact for an old leftover."""
 
 
 class ObjectStore:
     """An artifact store at an fsspec URL, with verified folder uploads and downloads.
 
     Keys are POSIX paths relative to the root URL (``snapshots/<id>/manifest.json``), the same
-    layout as a local artifact root.
+    layout as a local artifact root. An instance may be used from a forked or spawned child
+    process: the child opens its own client on first use (fsspec's async clients are bound to
+    the parent's event loop thread).
     """
 
-    def __init__(self, url: str, *, retry_seconds: float = 60.0, filesystem: Any = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        retry_seconds: float = 60.0,
+        filesystem: Any = None,
+        connect_timeout_seconds: float = CONNECT_TIMEOUT_SECONDS,
+        read_timeout_seconds: float = READ_TIMEOUT_SECONDS,
+    ) -> None:
         """Open the store at ``url``.
 
         Args:
@@ -139,28 +112,51 @@ class ObjectStore:
                 retried with exponential backoff before it is raised as a retryable
                 ``ArtifactStoreError``.
             filesystem: An fsspec filesystem to use instead of one built from the URL (tests).
+            connect_timeout_seconds: Limit on opening one connection (S3 only; see
+                :data:`CONNECT_TIMEOUT_SECONDS`).
+            read_timeout_seconds: Limit on waiting for one response (S3 only).
 
         Raises:
             ApplicationError: ``ConfigurationError`` naming the package and extra to install
-                when the URL's fsspec backend is missing.
+                when the URL's fsspec backend is missing, or for an unsupported scheme.
         """
         scheme = url_scheme(url)
         if scheme is None:
-            raise configuration_error(f"DURABERT_ARTIFACT_ROOT: {url!r} is not an object-store URL")
+            raise configuration_error(f"DURABERT_ARTIFACT_ROOT: {redact(url)!r} is not an object-store URL")
         self.scheme = scheme
         self.url = url.rstrip("/")
         self.retry_seconds = retry_seconds
-        self._fs = filesystem if filesystem is not None else _open_filesystem(scheme)
-        self._root = self._fs._strip_protocol(self.url).rstrip("/")
+        self._timeouts = (connect_timeout_seconds, read_timeout_seconds)
+        self._owns_filesystem = filesystem is None
+        self._filesystem = filesystem if filesystem is not None else self._open()
+        self._root = self._filesystem._strip_protocol(self.url).rstrip("/")
 
     def __repr__(self) -> str:
         """The store's URL, credentials removed."""
         return f"ObjectStore({redact(self.url)!r})"
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle without an owned client: a spawned child opens its own."""
+        state = dict(self.__dict__)
+        if self._owns_filesystem:
+            state["_filesystem"] = None
+        return state
+
+    @property
+    def _fs(self) -> Any:
+        """The fsspec filesystem, reopened in a child process (a client is not fork-safe)."""
+        if self._owns_filesystem and (self._filesystem is None or self._opened_in != os.getpid()):
+            self._filesystem = self._open()
+        return self._filesystem
+
+    def _open(self) -> Any:
+        self._opened_in = os.getpid()
+        return open_filesystem(self.scheme, *self._timeouts)
+
     def _path(self, key: str) -> str:
         key = key.strip("/")
-        if any(part in ("", ".", "..") for part in key.split("/")) and key:
-            raise configuration_error(f"artifact key {key!r} is not a plain relative path")
+        if key and (problem := key_problem(key)):
+            raise configuration_error(f"artifact key {key!r} is not usable: {problem}")
         return f"{self._root}/{key}" if key else self._root
 
     def url_of(self, key: str) -> str:
@@ -171,48 +167,46 @@ class ObjectStore:
 
     def read_bytes(self, key: str) -> bytes | None:
         """Read one object, or None when it does not exist."""
-
-        def read() -> bytes | None:
-            try:
-                data: bytes = self._fs.cat_file(self._path(key))
-            except FileNotFoundError:
-                return None
-            return data
-
-        return self._retrying(f"read {key}", read)
+        path = self._path(key)
+        try:
+            data: bytes = self._retrying(f"read {key}", lambda: self._fs.cat_file(path))
+        except FileNotFoundError:
+            return None
+        return data
 
     def write_bytes(self, key: str, data: bytes) -> None:
         """Write one object whole (object stores make a single PUT atomic)."""
-        self._retrying(f"write {key}", lambda: self._fs.pipe_file(self._path(key), data))
+        path = self._path(key)
+        self._retrying(f"write {key}", lambda: self._fs.pipe_file(path, data))
 
     def exists(self, key: str) -> bool:
         """Whether an object exists at ``key``."""
-        return bool(self._retrying(f"look up {key}", lambda: self._fs.exists(self._path(key))))
+        path = self._path(key)
+        return bool(self._retrying(f"look up {key}", lambda: self._fs.exists(path)))
 
     def list_children(self, prefix: str) -> list[str]:
         """Names directly under ``prefix/`` (objects and pseudo-folders), sorted; [] when none."""
-
-        def listing() -> list[str]:
-            try:
-                entries = self._fs.ls(self._path(prefix), detail=False)
-            except FileNotFoundError:
-                return []
-            return sorted({str(entry).rstrip("/").rsplit("/", 1)[-1] for entry in entries})
-
-        return self._retrying(f"list {prefix}", listing)
+        path = self._path(prefix)
+        try:
+            entries = self._retrying(f"list {prefix}", lambda: self._fs.ls(path, detail=False))
+        except FileNotFoundError:
+            return []
+        names = {str(entry).rstrip("/").rsplit("/", 1)[-1] for entry in entries}
+        return sorted(name for name in names if f"{path}/{name}".strip("/") != path.strip("/"))
 
     def delete_prefix(self, prefix: str) -> None:
-        """Delete every object under ``prefix/`` (the marker first, so a half-deleted artifact is
-        never taken as complete)."""
-        marker = f"{prefix.strip('/')}/{MARKER_FILE}"
+        """Delete every object under ``prefix/``; nothing happens when there is none.
 
-        def delete() -> None:
-            if self._fs.exists(self._path(marker)):
-                self._fs.rm_file(self._path(marker))
-            if self._fs.exists(self._path(prefix)):
-                self._fs.rm(self._path(prefix), recursive=True)
+        The marker goes first, so a half-deleted artifact is never taken as complete.
 
-        self._retrying(f"delete {prefix}", delete)
+        Raises:
+            ValueError: for an empty prefix (that would be the whole artifact root).
+        """
+        prefix = prefix.strip("/")
+        if not prefix:
+            raise ValueError("delete_prefix needs a prefix; refusing to delete the whole artifact root")
+        self._delete_missing_ok(f"{prefix}/{MARKER_FILE}", lambda path: self._fs.rm_file(path))
+        self._delete_missing_ok(prefix, lambda path: self._fs.rm(path, recursive=True))
 
     # -- folder artifacts -------------------------------------------------------------------
 
@@ -230,11 +224,15 @@ class ObjectStore:
         """Whether the artifact at ``prefix`` has a valid completion marker."""
         return self.read_marker(prefix) is not None
 
-    def upload_folder(self, folder: Path, prefix: str, *, writer: dict[str, Any] | None = None) -> CompletionMarker:
+    def upload_folder(
+        self, folder: Path, prefix: str, *, writer: dict[str, Any] | None = None
+    ) -> CompletionMarker:
         """Upload a local folder's files, then its completion marker (last).
 
         An earlier marker at ``prefix`` is deleted first, so a reader never pairs an old marker
-        with new files. Hidden files (``.``-prefixed names at any depth) are not uploaded.
+        with new files. Hidden files (``.``-prefixed names at any depth) are not uploaded, and
+        neither is a local copy of the marker. Objects already under ``prefix`` that the folder
+        does not have are left alone: the marker lists exactly the files of this upload.
 
         Args:
             folder: The local folder.
@@ -245,21 +243,32 @@ class ObjectStore:
             The marker written.
         """
         prefix = prefix.strip("/")
-        files = describe_folder(folder)
-        marker_key = f"{prefix}/{MARKER_FILE}"
-        self._retrying(f"clear {marker_key}", lambda: self._fs.rm_file(self._path(marker_key)), missing_ok=True)
+        started = time.monotonic()
+        files = {name: entry for name, entry in describe_folder(folder).items() if name != MARKER_FILE}
+        self._delete_missing_ok(f"{prefix}/{MARKER_FILE}", lambda path: self._fs.rm_file(path))
+        self.write_bytes(f"{prefix}/{_UPLOAD_GUARD}", _now().encode())
         for name in files:
-            source, target = folder / name, self._path(f"{prefix}/{name}")
-            self._retrying(f"upload {prefix}/{name}", lambda s=source, t=target: self._fs.put_file(str(s), t))
+            target = self._path(f"{prefix}/{name}")
+            self._retrying(f"upload {prefix}/{name}", partial(self._fs.put_file, str(folder / name), target))
         marker = CompletionMarker(files=files, completed_at=_now(), writer=writer or {})
-        self.write_bytes(marker_key, marker.model_dump_json(indent=2).encode())
+        self.write_bytes(f"{prefix}/{MARKER_FILE}", marker.model_dump_json(indent=2).encode())
+        self._delete_missing_ok(f"{prefix}/{_UPLOAD_GUARD}", lambda path: self._fs.rm_file(path))
+        log.info(
+            "artifact uploaded",
+            store=self.url_of(prefix),
+            files=len(files),
+            bytes=sum(entry.size for entry in files.values()),
+            seconds=round(time.monotonic() - started, 3),
+        )
         return marker
 
     def download_folder(self, prefix: str, folder: Path) -> CompletionMarker | None:
         """Download a complete artifact into ``folder``, verified, replacing what is there.
 
         The files go to a hidden temporary sibling first; each is checked against the marker's
-        size and SHA-256, the marker is kept beside them, and the folder is renamed into place.
+        size and SHA-256, the marker is kept beside them, and the folder takes the place of
+        any older copy (in one exchange on Linux). On failure the older copy is left as it was
+        and nothing partial stays behind.
 
         Args:
             prefix: The artifact's key.
@@ -270,24 +279,27 @@ class ObjectStore:
 
         Raises:
             ApplicationError: a retryable ``ArtifactStoreError`` when a file does not match its
-                marker (a concurrent re-upload or a damaged object).
+                marker or has gone (a concurrent re-upload or a damaged object).
         """
+        prefix = prefix.strip("/")
         marker = self.read_marker(prefix)
         if marker is None:
             return None
+        started = time.monotonic()
         folder.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".download-{folder.name}-", dir=folder.parent))
         try:
-            for name, expected in marker.files.items():
-                local = staging / name
-                local.parent.mkdir(parents=True, exist_ok=True)
-                remote = self._path(f"{prefix.strip('/')}/{name}")
-                self._retrying(f"download {prefix}/{name}", lambda r=remote, d=local: self._fs.get_file(r, str(d)))
-                _verify(local, expected, self.url_of(f"{prefix}/{name}"))
+            self._download_files(prefix, marker, staging)
             (staging / MARKER_FILE).write_text(marker.model_dump_json(indent=2), encoding="utf-8")
-            _replace_folder(staging, folder)
+            replace_folder(staging, folder)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+        log.info(
+            "artifact downloaded",
+            store=self.url_of(prefix),
+            files=len(marker.files),
+            seconds=round(time.monotonic() - started, 3),
+        )
         return marker
 
     def remove_incomplete(self, parent: str, *, older_than_seconds: float) -> list[str]:
@@ -295,6 +307,7 @@ class ObjectStore:
 
         A killed upload leaves files without a marker; a running one looks the same, so only
         leftovers whose newest object is older than ``older_than_seconds`` are removed.
+        Complete artifacts, hidden names and plain objects directly under ``parent`` are kept.
 
         Args:
             parent: The key whose children are artifacts (``runs/r1/checkpoints``).
@@ -305,77 +318,97 @@ class ObjectStore:
         """
         removed = []
         for name in self.list_children(parent):
-            prefix = f"{parent.strip('/')}/{name}"
+            prefix = f"{parent.strip('/')}/{name}".strip("/")
             if name.startswith(".") or self.is_complete(prefix) or not self._is_folder(prefix):
                 continue
             if self._age_seconds(prefix) >= older_than_seconds:
                 self.delete_prefix(prefix)
                 removed.append(prefix)
+        if removed:
+            log.info("incomplete artifacts removed", store=self.url_of(parent), removed=removed)
         return removed
 
     def check_access(self) -> None:
-        """Fail fast, at worker start, when the store cannot be reached as configured.
+        """Fail fast, at worker start, when the store cannot be used as configured.
+
+        Lists the root and writes and deletes a probe object.
 
         Raises:
             ApplicationError: ``ConfigurationError`` naming the credential variables when the
-                store refuses them, or ``DURABERT_ARTIFACT_ROOT`` when the bucket does not exist.
+                store refuses them, or ``DURABERT_ARTIFACT_ROOT`` when the bucket does not exist;
+                a retryable ``ArtifactStoreError`` when the store stays unreachable.
         """
         self.list_children("")
         probe = f".durabert-access-check-{uuid.uuid4().hex[:12]}"
         self.write_bytes(probe, b"ok")
-        self._retrying(f"delete {probe}", lambda: self._fs.rm_file(self._path(probe)), missing_ok=True)
+        self._delete_missing_ok(probe, lambda path: self._fs.rm_file(path))
 
     # -- plumbing -----------------------------------------------------------------------------
 
+    def _download_files(self, prefix: str, marker: CompletionMarker, staging: Path) -> None:
+        for name, expected in marker.files.items():
+            local = staging / name
+            local.parent.mkdir(parents=True, exist_ok=True)
+            remote = self._path(f"{prefix}/{name}")
+            try:
+                self._retrying(f"download {prefix}/{name}", partial(self._fs.get_file, remote, str(local)))
+            except FileNotFoundError:
+                raise retryable_error(
+                    ErrorType.ARTIFACT_STORE,
+                    f"artifact store: {self.url_of(f'{prefix}/{name}')} is listed by its completion marker "
+                    "but missing; it may be being replaced",
+                ) from None
+            verify_file(local, expected, self.url_of(f"{prefix}/{name}"))
+
+    def _delete_missing_ok(self, key: str, delete: Callable[[str], object]) -> None:
+        path = self._path(key)
+        with contextlib.suppress(FileNotFoundError):  # already gone: deleting is idempotent
+            self._retrying(f"delete {key}", lambda: delete(path))
+
     def _is_folder(self, prefix: str) -> bool:
-        return bool(self._retrying(f"look up {prefix}", lambda: self._fs.isdir(self._path(prefix))))
+        path = self._path(prefix)
+        return bool(self._retrying(f"look up {prefix}", lambda: self._fs.isdir(path)))
 
     def _age_seconds(self, prefix: str) -> float:
+        path = self._path(prefix)
+
         def newest() -> float:
-            details = self._fs.find(self._path(prefix), detail=True)
-            stamps = [_modified(info) for info in details.values()]
+            details = self._fs.find(path, detail=True)
+            stamps = [modified_time(info) for info in details.values()]
             return max((stamp for stamp in stamps if stamp is not None), default=0.0)
 
         return time.time() - self._retrying(f"inspect {prefix}", newest)
 
-    def _retrying(
-        self, what: str, call: Callable[[], ResultT], *, missing_ok: bool = False
-    ) -> ResultT:
-        """Run one store call, retrying transient faults with backoff until ``retry_seconds``."""
+    def _retrying(self, what: str, call: Callable[[], ResultT]) -> ResultT:
+        """Run one store call, retrying transient faults with backoff until ``retry_seconds``.
+
+        A missing object (``FileNotFoundError``) and our own errors are raised as they are;
+        refused credentials and a missing bucket become ``ConfigurationError`` at once.
+        """
         deadline = time.monotonic() + self.retry_seconds
-        delay = 0.25
+        delay = _FIRST_DELAY_SECONDS
         while True:
             try:
                 return call()
-            except FileNotFoundError:
-                if missing_ok:
-                    return None  # type: ignore[return-value]
-                raise
-            except PermissionError as exc:
-                raise self._credentials_error(what, exc) from None
             except Exception as exc:
-                if _is_credentials_fault(exc):
-                    raise self._credentials_error(what, exc) from None
-                if _is_missing_bucket(exc):
-                    raise configuration_error(
-                        f"DURABERT_ARTIFACT_ROOT: {redact(self.url)} does not exist (create the bucket or "
-                        "container first)"
-                    ) from None
+                fault = classify(exc)
+                if fault in (Fault.MISSING, Fault.FATAL):
+                    raise
+                if fault is Fault.CREDENTIALS:
+                    raise credentials_error(self.url, self.scheme, what, exc) from None
+                if fault is Fault.MISSING_ROOT:
+                    raise missing_root_error(self.url, exc) from None
                 if time.monotonic() + delay > deadline:
-                    raise retryable_error(
-                        ErrorType.ARTIFACT_STORE,
-                        f"artifact store {redact(self.url)}: cannot {what} after {self.retry_seconds:.0f} s "
-                        f"of retries: {redact(_first_line(exc))}",
-                    ) from None
+                    raise unavailable_error(self.url, what, self.retry_seconds, exc) from None
+                log.warning(
+                    "artifact store call failed; retrying",
+                    store=redact(self.url),
+                    operation=what,
+                    retry_in_seconds=delay,
+                    error=redact(first_line(exc)),
+                )
                 time.sleep(delay)
-                delay = min(delay * 2, 5.0)
-
-    def _credentials_error(self, what: str, exc: BaseException) -> Exception:
-        hint = _CREDENTIAL_HINTS.get(self.scheme, "the store's credential variables")
-        return configuration_error(
-            f"artifact store {redact(self.url)} refused to {what}: {redact(_first_line(exc))}. "
-            f"Check {hint}"
-        )
+                delay = min(delay * 2, _MAX_DELAY_SECONDS)
 
 
 def open_object_store(root: str, *, retry_seconds: float = 60.0) -> ObjectStore | None:
@@ -389,86 +422,6 @@ def open_object_store(root: str, *, retry_seconds: float = 60.0) -> ObjectStore 
         The store, or None when ``root`` is a local path.
     """
     return ObjectStore(root, retry_seconds=retry_seconds) if is_object_store_url(root) else None
-
-
-def _open_filesystem(scheme: str) -> Any:
-    import fsspec  # noqa: PLC0415 - only workers with an object-store root pay for it
-
-    package, extra = BACKEND_PACKAGES.get(scheme, ("", ""))
-    if scheme not in BACKEND_PACKAGES and scheme not in TEST_SCHEMES:
-        known = ", ".join(sorted(BACKEND_PACKAGES))
-        raise configuration_error(f"DURABERT_ARTIFACT_ROOT: {scheme}:// is not supported (use one of {known})")
-    try:
-        # Listing caches would hide objects written by other workers; instance caching would share
-        # one client (and its event loop) across forked processes.
-        return fsspec.filesystem(scheme, skip_instance_cache=True, use_listings_cache=False)
-    except ImportError:
-        raise configuration_error(
-            f"DURABERT_ARTIFACT_ROOT: {scheme}:// needs the {package} package; install the worker with "
-            f"its [{extra}] extra"
-        ) from None
-
-
-def _verify(path: Path, expected: StoredFile, where: str) -> None:
-    size = path.stat().st_size
-    if size != expected.size or sha256_of(path) != expected.sha256:
-        raise retryable_error(
-            ErrorType.ARTIFACT_STORE,
-            f"artifact store: {where} does not match its completion marker ({size} bytes, expected "
-            f"{expected.size}); it may be being replaced",
-        )
-
-
-def _replace_folder(staging: Path, folder: Path) -> None:
-    """Move a verified download into place; an older copy is moved aside in one rename first."""
-    if folder.exists():
-        aside = folder.parent / f".replaced-{folder.name}-{uuid.uuid4().hex[:8]}"
-        os.rename(folder, aside)
-        shutil.rmtree(aside, ignore_errors=True)
-    os.rename(staging, folder)
-
-
-def _modified(info: dict[str, Any]) -> float | None:
-    for name in ("LastModified", "mtime", "last_modified", "updated", "created"):
-        value = info.get(name)
-        if isinstance(value, datetime):
-            return value.timestamp()
-        if isinstance(value, int | float):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-            except ValueError:
-                continue
-    return None
-
-
-_CREDENTIAL_CODES: Final = (
-    "InvalidAccessKeyId",
-    "SignatureDoesNotMatch",
-    "AccessDenied",
-    "NoCredentialsError",
-    "Unable to locate credentials",
-    "ExpiredToken",
-    "InvalidToken",
-    "AuthenticationFailed",
-    "Forbidden",
-)
-
-
-def _is_credentials_fault(exc: BaseException) -> bool:
-    text = f"{type(exc).__name__} {exc}"
-    return any(code in text for code in _CREDENTIAL_CODES)
-
-
-def _is_missing_bucket(exc: BaseException) -> bool:
-    text = f"{type(exc).__name__} {exc}"
-    return "NoSuchBucket" in text or "ContainerNotFound" in text
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
 
 
 def _now() -> str:
