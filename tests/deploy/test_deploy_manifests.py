@@ -27,7 +27,7 @@ from deploy_helpers import (
 from kubernetes_validate.utils import latest_version
 
 VERSIONS = ("1.29.0", latest_version())
-EXPECT_GPU = {"local": False, "production": True, "keda": True}
+EXPECT_GPU = {"local": False, "production": True, "keda": True, "object-store": True}
 
 
 def validate_strict(objects: Objects, version: str) -> list[str]:
@@ -48,7 +48,13 @@ def validate_strict(objects: Objects, version: str) -> list[str]:
 def test_overlay_renders_all_roles(overlay: str) -> None:
     objects = rendered(overlay)
     kinds = {obj["kind"] for obj in objects}
-    assert {"Namespace", "ConfigMap", "PersistentVolumeClaim", "Deployment", "PodDisruptionBudget"} <= kinds
+    assert {"Namespace", "ConfigMap", "Deployment", "PodDisruptionBudget"} <= kinds
+    # A shared volume, or (object-store) none at all and MinIO with the Job that makes its bucket.
+    if overlay == "object-store":
+        assert "PersistentVolumeClaim" not in kinds
+        assert {"StatefulSet", "Service", "Job"} <= kinds
+    else:
+        assert "PersistentVolumeClaim" in kinds
     assert {d["metadata"]["name"] for d in objects if d["kind"] == "Deployment"} == {
         role.deployment for role in ROLES.values()
     }
