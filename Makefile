@@ -1,6 +1,7 @@
 # durabert: two commands do all the set-up on a fresh machine.
 #   make test   installs uv if missing, syncs the locked workspace, runs lint and the whole suite (coverage last)
 #   make demo   local Temporal server, three workers, a real fine-tune with a forced crash and resume, inference
+#               (STORE=s3: the same with the artifacts in a bucket of a local S3 API, no shared folder)
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
@@ -9,6 +10,7 @@ UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 STATE_DIR ?= .state
 PYTEST_ARGS ?=
 KILL ?= 1
+STORE ?= local
 export UV_LINK_MODE ?= copy
 
 .PHONY: help setup test lint unit isolation demo demo-data server-start server-stop clean
@@ -49,8 +51,8 @@ server-start: setup  ## start the local Temporal dev server (Web UI on :8233), s
 server-stop:  ## stop the local Temporal dev server by PID
 	"$(UV)" run --no-sync durabert-dev-server stop --state-dir $(STATE_DIR)/temporal
 
-demo: setup  ## the main job (see README): KILL=0 runs it without the forced crash
-	"$(UV)" run --no-sync python -m durabert.orchestrator.demo --kill $(KILL) --state-dir $(STATE_DIR)/demo --data-dir data
+demo: setup  ## the main job (see README): KILL=0 runs it without the forced crash; STORE=s3 on an object store
+	"$(UV)" run --no-sync python -m durabert.orchestrator.demo --kill $(KILL) --state-dir $(STATE_DIR)/demo --data-dir data --store $(STORE)
 
 clean:  ## remove local state (server db, demo artifacts) and the isolation environments
 	rm -rf $(STATE_DIR) .venv-isolation

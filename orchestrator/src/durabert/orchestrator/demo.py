@@ -3,7 +3,9 @@
 Starts a local Temporal server and the three workers as separate processes, fetches the
 Rotten Tomatoes snippets, fine-tunes the packaged all-MiniLM-L6-v2 on them, SIGKILLs the GPU
 worker once a checkpoint is complete and starts a fresh one, shows the run resume, runs
-inference, prints the figures, and stops everything it started, by PID.
+inference, prints the figures, and stops everything it started, by PID. With ``--store s3``
+the artifacts live in a bucket of a local S3 API instead of a shared folder
+(:mod:`~durabert.orchestrator.demo_store`), and each worker works in a folder of its own.
 
 The demo is a client like any other: it starts the run, follows it and runs inference with
 the same functions and progress view as ``durabert train``, ``durabert watch`` and
@@ -35,6 +37,7 @@ from temporalio.client import Client
 from durabert.orchestrator import client_ops, progress
 from durabert.orchestrator.client_ops import DEV_SERVER_UI_PORT, LiveProgress
 from durabert.orchestrator.config_file import build_inference_request
+from durabert.orchestrator.demo_store import DemoStore, StoreKind, local_store, s3_store
 from durabert.orchestrator.devserver import DevServer
 from durabert.orchestrator.run_ids import generate_run_id
 from durabert.shared.cli_support import exit_now
@@ -59,11 +62,11 @@ POLL_INTERVAL = 1.0
 """Seconds between progress reads (``durabert watch``'s default)."""
 
 
-def demo_config(data_file: Path, run_id: str) -> BertFineTuneConfig:
+def demo_config(data_source: Path | str, run_id: str) -> BertFineTuneConfig:
     """The demo's training run: a few hundred steps of MiniLM, a couple of minutes on 2 cores.
 
     Args:
-        data_file: The JSONL written by the demo data step.
+        data_source: The JSONL written by the demo data step, or its ``s3://`` copy.
         run_id: The run's id.
 
     Returns:
@@ -72,7 +75,7 @@ def demo_config(data_file: Path, run_id: str) -> BertFineTuneConfig:
     return BertFineTuneConfig(
         run_id=run_id,
         dataset_name="json",
-        data_files=str(data_file),
+        data_files=str(data_source),
         text_field="sentence",
         label_field="label",
         max_train_samples=4000,
@@ -116,6 +119,8 @@ class Processes:
     """Environment of every worker (the demo's server, store and log format)."""
     log_dir: Path
     """Folder of the workers' JSON logs."""
+    work_root: Path | None = None
+    """Set: each process gets ``DURABERT_WORK_DIR=<work_root>/<role><tag>``, a folder of its own."""
     running: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     """The newest process of each role."""
     started: list[subprocess.Popen[bytes]] = field(default_factory=list)
@@ -129,7 +134,10 @@ class Processes:
         log = log_path.open("wb")
         self.logs.append(log)
         script = worker_script(role)
-        process = subprocess.Popen([str(script)], env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        env = dict(self.env)
+        if self.work_root is not None:
+            env["DURABERT_WORK_DIR"] = str(self.work_root / f"{role}{tag}")
+        process = subprocess.Popen([str(script)], env=env, stdout=log, stderr=subprocess.STDOUT)
         self.running[role] = process
         self.started.append(process)
         say(f"started {script.name} (pid {process.pid}), log {log_path}")
@@ -226,14 +234,18 @@ class Preemption:
 
 
 def demo_settings(
-    server: DevServer, state_dir: Path, data_dir: Path
+    server: DevServer, store: DemoStore, data_dir: Path
 ) -> tuple[DurabertSettings, dict[str, str]]:
     """The client's settings and the workers' environment: the demo's server, store and data."""
-    artifact_root = state_dir / "artifacts"
+    artifact_root = store.artifact_root
     env = {k: v for k, v in os.environ.items() if not k.startswith("DURABERT_")}
+    env |= store.env
+    data_roots = store.allowed_data_roots()
+    if data_roots is not None:
+        env["DURABERT_ALLOWED_DATA_ROOTS"] = data_roots
     env |= {
         "DURABERT_TEMPORAL__ADDRESS": server.address,
-        "DURABERT_ARTIFACT_ROOT": str(artifact_root),
+        "DURABERT_ARTIFACT_ROOT": artifact_root,
         "DURABERT_DATA_DIR": str(data_dir),
         "DURABERT_LOG_FORMAT": "json",
         "DURABERT_WORKER__GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS": "20",
@@ -275,7 +287,7 @@ async def train_and_infer(
     return outcome.result, prediction, train_seconds, time.monotonic() - started
 
 
-async def run_demo(kill: bool, state_dir: Path, data_dir: Path) -> int:
+async def run_demo(kill: bool, state_dir: Path, data_dir: Path, store_kind: StoreKind = "local") -> int:
     """Run the whole demo and return the exit code."""
     started = time.monotonic()
     server = DevServer(state_dir / "temporal", port=7233, ui_port=DEV_SERVER_UI_PORT)
@@ -283,10 +295,15 @@ async def run_demo(kill: bool, state_dir: Path, data_dir: Path) -> int:
     log_dir.mkdir(parents=True, exist_ok=True)
     data_file = fetch_data(data_dir)
     say(f"demo data: {data_file}")
-    settings, env = demo_settings(server, state_dir, data_dir)
-    processes = Processes(env=env, log_dir=log_dir)
-    say(f"Temporal dev server up at {server.address} (pid {server.start()})")
     with ExitStack() as stack:
+        store = stack.enter_context(s3_store()) if store_kind == "s3" else local_store(state_dir)
+        data_source = store.data_source(data_file)
+        if store.is_remote:
+            say(f"artifact store {store.artifact_root} on a local S3 API; demo data at {data_source}")
+        settings, env = demo_settings(server, store, data_dir)
+        work_root = state_dir / "work" if store.is_remote else None
+        processes = Processes(env=env, log_dir=log_dir, work_root=work_root)
+        say(f"Temporal dev server up at {server.address} (pid {server.start()})")
         stack.callback(server.stop)
         stack.callback(processes.stop_all)
         stack.callback(say, "stopping the workers and the Temporal server (by PID)")
@@ -294,7 +311,7 @@ async def run_demo(kill: bool, state_dir: Path, data_dir: Path) -> int:
             processes.start(role)
         client = await connect_client(settings)
         await wait_for_workers(client, settings)
-        config = demo_config(data_file, generate_run_id())
+        config = demo_config(data_source, generate_run_id())
         config_file = state_dir / "demo.yaml"
         config_file.write_text(yaml.safe_dump(config.model_dump(mode="json", exclude_defaults=True)))
         say(
@@ -302,7 +319,7 @@ async def run_demo(kill: bool, state_dir: Path, data_dir: Path) -> int:
         )
         preemption = Preemption(processes, armed=kill)
         figures = await train_and_infer(client, settings, config, preemption)
-        report(*figures, settings.artifact_dir, killed=preemption.killed_at is not None)
+        report(*figures, store, killed=preemption.killed_at is not None)
         say(f"total {time.monotonic() - started:.0f} s")
     return 0
 
@@ -312,7 +329,7 @@ def report(
     prediction: BertInferenceResult,
     train_seconds: float,
     infer_seconds: float,
-    artifact_root: Path,
+    store: DemoStore,
     *,
     killed: bool,
 ) -> None:
@@ -325,9 +342,11 @@ def report(
     say(f"worker killed        {'yes' if killed else 'no'}; resumed from step {result.resumed_from_step}")
     say(f"training wall time   {train_seconds:.1f} s (workflow, snapshot included)")
     say(f"inference wall time  {infer_seconds:.2f} s for {len(prediction.texts)} texts")
-    model_dir = artifact_root / result.model_path
-    files = ", ".join(sorted(path.name for path in model_dir.iterdir())) if model_dir.is_dir() else "-"
-    say(f"model folder         {model_dir}: {files}")
+    where, files = store.model_files(result.model_path)
+    say(f"model folder         {where}: {', '.join(files) or '-'}")
+    metrics = store.read_metrics(result.model_path)
+    if metrics is not None:
+        say(f"metrics.json         read back from the store: {' '.join(metrics.split())}")
 
 
 def main() -> None:
@@ -336,8 +355,15 @@ def main() -> None:
     parser.add_argument("--kill", type=int, default=1, help="1: SIGKILL the GPU worker mid-run (default)")
     parser.add_argument("--state-dir", type=Path, default=Path(".state/demo"))
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
+    parser.add_argument(
+        "--store",
+        choices=["local", "s3"],
+        default="local",
+        help="local: artifacts in <state-dir>/artifacts (default); s3: in a bucket of a local S3 API",
+    )
     args = parser.parse_args()
-    exit_now(asyncio.run(run_demo(bool(args.kill), args.state_dir.resolve(), args.data_dir.resolve())))
+    run = run_demo(bool(args.kill), args.state_dir.resolve(), args.data_dir.resolve(), args.store)
+    exit_now(asyncio.run(run))
 
 
 if __name__ == "__main__":
