@@ -5,16 +5,19 @@ real file, so a path resolved against the current directory would be read. A ref
 before ``datasets`` is asked for anything (``load_dataset`` is replaced by a trap).
 """
 
+import json
 from pathlib import Path
 from typing import Any
 
 import datasets
 import pytest
 from dw_helpers import json_request, reviews
+from pydantic import ValidationError
 from temporalio.exceptions import ApplicationError
 
+from durabert.data_worker import sources
 from durabert.data_worker.snapshot import create_snapshot
-from durabert.data_worker.sources import packaged_loaders
+from durabert.data_worker.sources import packaged_loaders, resolve_source
 from durabert.shared.errors import ErrorType
 from durabert.shared.models import DatasetSnapshotRequest
 from durabert.shared.settings import DurabertSettings
@@ -131,3 +134,99 @@ def test_one_column_for_two_roles_is_refused_before_reading(
     path = write_rows("rows.jsonl", reviews(20))
     assert fragment in _refused(json_request(str(path), **fields), local_settings, refused_field)
     assert trapped_loader == []
+
+
+# -- object-store URL prefixes among the allowed roots ---------------------------------------------
+
+
+@pytest.fixture
+def url_roots_settings(local_settings: DurabertSettings, monkeypatch: pytest.MonkeyPatch) -> DurabertSettings:
+    """Settings whose allowed roots are one S3 prefix and the data folder (every backend "installed")."""
+    monkeypatch.setattr(sources, "_installed", lambda package: True)
+    monkeypatch.setenv(
+        "DURABERT_ALLOWED_DATA_ROOTS", json.dumps(["s3://bucket/data/", str(local_settings.data_dir)])
+    )
+    return DurabertSettings(artifact_root=local_settings.artifact_root, data_dir=local_settings.data_dir)
+
+
+def test_the_setting_holds_url_prefixes_beside_folders(url_roots_settings: DurabertSettings) -> None:
+    assert url_roots_settings.data_url_roots == ["s3://bucket/data"]
+    assert url_roots_settings.data_roots == [url_roots_settings.data_dir.resolve()]
+
+
+@pytest.mark.parametrize("root", ["https://data.example/sets", "hf://datasets/x", "s3://", "zip://a"])
+def test_a_url_root_that_is_no_object_store_prefix_is_refused(root: str) -> None:
+    with pytest.raises(ValidationError, match="object-store URL prefix"):
+        DurabertSettings(allowed_data_roots=[root])
+
+
+@pytest.mark.parametrize(
+    "data_files",
+    [
+        "s3://bucket/data/train.jsonl",
+        "s3a://bucket/data/train.jsonl",  # another name of the same store
+        "s3://bucket/data/2024/*.jsonl",
+        "s3://bucket/data/train.jsonl?versionId=3",
+        ["s3://bucket/data/a.jsonl", "https://elsewhere.example/b.jsonl"],  # http(s) is not confined
+    ],
+)
+def test_object_store_urls_under_an_allowed_prefix_are_admitted(
+    data_files: Any, url_roots_settings: DurabertSettings
+) -> None:
+    resolved = resolve_source(
+        json_request(data_files),
+        url_roots_settings.data_roots,
+        url_roots_settings.data_dir,
+        url_roots_settings.data_url_roots,
+    )
+    assert resolved.data_files == (data_files if isinstance(data_files, list) else [data_files])
+
+
+@pytest.mark.parametrize(
+    "data_files",
+    [
+        "s3://bucket/data-other/train.jsonl",  # a prefix matches whole segments only
+        "s3://bucket/train.jsonl",
+        "s3://other-bucket/data/train.jsonl",
+        "gs://bucket/data/train.jsonl",  # another store with the same names
+        "s3://bucket/data/../private/train.jsonl",
+        {"train": "s3://bucket/data/train.jsonl", "validation": "s3://bucket/private/eval.jsonl"},
+    ],
+)
+def test_object_store_urls_outside_the_allowed_prefixes_are_refused(
+    data_files: Any, url_roots_settings: DurabertSettings, trapped_loader
+) -> None:
+    message = _refused(json_request(data_files), url_roots_settings, "data_files")
+    assert "s3://bucket/data" in message  # the allowed roots are named
+    assert trapped_loader == []
+
+
+def test_a_hub_dataset_or_its_files_outside_the_prefixes_are_refused(
+    url_roots_settings: DurabertSettings, trapped_loader
+) -> None:
+    message = _refused(_request(dataset_name="s3://bucket/private"), url_roots_settings, "dataset_name")
+    assert "outside the allowed data roots" in message
+    hub = _request(dataset_name="someone/reviews", data_files="s3://elsewhere/train.jsonl")
+    _refused(hub, url_roots_settings, "data_files")
+    assert trapped_loader == []
+
+
+def test_a_local_file_outside_the_folders_is_still_refused(
+    url_roots_settings: DurabertSettings, trapped_loader
+) -> None:
+    _refused(json_request("/etc/passwd"), url_roots_settings, "data_files")
+    assert trapped_loader == []
+
+
+def test_without_url_prefixes_object_store_urls_are_not_confined(
+    local_settings: DurabertSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sources, "_installed", lambda package: True)
+    assert local_settings.data_url_roots == []
+    resolved = resolve_source(
+        json_request("s3://any-bucket/x.jsonl"),
+        local_settings.data_roots,
+        local_settings.data_dir,
+        local_settings.data_url_roots,
+    )
+    assert resolved.data_files == ["s3://any-bucket/x.jsonl"]

@@ -170,3 +170,33 @@ def test_local_files_need_no_package(local_settings, write_rows, monkeypatch: py
         run_id="local", dataset_name="json", data_files=str(path), text_field="sentence"
     )
     assert _run_activity(local_settings, request).num_train_samples == 18
+
+
+def test_a_snapshot_reads_s3_data_files_with_the_workers_credentials(
+    s3_server: Any, s3_root: str, local_settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A real S3 API (moto): datasets reads s3:// through s3fs with the AWS_* variables that
+    # s3_root set, AWS_ENDPOINT_URL included; no storage options are passed.
+    bucket = s3_root.removeprefix("s3://").split("/")[0]
+    body = "".join(json.dumps(row) + "\n" for row in reviews(30)).encode()
+    s3_server.client().put_object(Bucket=bucket, Key="datasets/reviews/train.jsonl", Body=body)
+    monkeypatch.setenv(
+        "DURABERT_ALLOWED_DATA_ROOTS", json.dumps([f"s3://{bucket}/datasets", str(local_settings.data_dir)])
+    )
+    settings = type(local_settings)(
+        artifact_root=local_settings.artifact_root, data_dir=local_settings.data_dir
+    )
+    url = f"s3://{bucket}/datasets/reviews/train.jsonl"
+    request = DatasetSnapshotRequest(
+        run_id="s3-data", dataset_name="json", data_files=url, text_field="sentence"
+    )
+
+    result = _run_activity(settings, request)
+    assert result.num_train_samples + result.num_eval_samples == 30
+    manifest = json.loads((settings.artifact_dir / result.snapshot_path / "manifest.json").read_text())
+    assert manifest["source"]["data_files"] == url
+
+    outside = request.model_copy(update={"data_files": f"s3://{bucket}/private/train.jsonl"})
+    with pytest.raises(ApplicationError, match="outside the allowed data roots") as caught:
+        _run_activity(settings, outside)
+    assert caught.value.type == ErrorType.INVALID_INPUT

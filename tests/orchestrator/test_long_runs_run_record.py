@@ -2,16 +2,27 @@
 
 import json
 import threading
+import uuid
 from pathlib import Path
 
 import pytest
 from fake_training import config
 from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
 
+from durabert.data_worker.run_claims import RunClaimActivities
 from durabert.shared.artifacts import ArtifactStore
 from durabert.shared.errors import ErrorType
 from durabert.shared.models import RunClaimRequest, RunClaimResult
-from durabert.shared.run_record import claim_run, config_changes, read_run_record
+from durabert.shared.object_store import ObjectStore
+from durabert.shared.run_record import (
+    claim_run,
+    config_changes,
+    read_run_record,
+    read_run_record_from,
+    record_key,
+)
+from durabert.shared.settings import DurabertSettings
 
 
 def _claim(chain: str, run_id: str = "run-a", **overrides: object) -> RunClaimRequest:
@@ -155,3 +166,76 @@ def test_the_record_never_holds_credentials_of_a_data_url(store: ArtifactStore) 
     assert "s3cr3t-token" not in written
     assert "abc123" not in written
     assert "data.example/train.jsonl" in written
+
+
+# -- an object-store artifact root: the record lives in the store -------------------------------
+
+
+@pytest.fixture
+def objects() -> ObjectStore:
+    """An in-memory object store with its own root, for one test."""
+    return ObjectStore(f"memory://records-{uuid.uuid4().hex[:12]}/artifacts", retry_seconds=1)
+
+
+def test_a_claim_on_a_store_writes_the_record_there(objects: ObjectStore) -> None:
+    assert claim_run(objects, _claim("chain-1")) == RunClaimResult(run_id="run-a")
+    record = read_run_record_from(objects, "run-a")
+    assert record is not None
+    assert (record.run_id, record.chain_id, record.config["max_steps"]) == ("run-a", "chain-1", 20)
+    assert objects.list_children("runs/run-a") == ["run.json"]
+    assert read_run_record_from(objects, "run-b") is None
+    before = objects.read_bytes(record_key("run-a"))
+    assert claim_run(objects, _claim("chain-1")) == RunClaimResult(run_id="run-a")  # a retry of itself
+    assert objects.read_bytes(record_key("run-a")) == before
+
+
+def test_a_store_refuses_another_chain_and_lets_continue_run_take_over(objects: ObjectStore) -> None:
+    claim_run(objects, _claim("chain-1", max_steps=20))
+    with pytest.raises(ApplicationError) as info:
+        claim_run(objects, _claim("chain-2"))
+    assert info.value.type == ErrorType.RUN_ID_IN_USE
+    assert "chain-1" in info.value.message
+
+    result = claim_run(objects, _claim("chain-2", max_steps=40, continue_run=True))
+    assert (result.continued_from_chain, result.config_changes) == ("chain-1", {"max_steps": [20, 40]})
+    record = read_run_record_from(objects, "run-a")
+    assert record is not None
+    assert record.chain_id == "chain-2"
+    assert [c.chain_id for c in record.continuations] == ["chain-2"]
+    with pytest.raises(ApplicationError, match="chain-2"):
+        claim_run(objects, _claim("chain-1"))
+
+
+def test_a_store_with_objects_but_no_record_is_in_use(objects: ObjectStore) -> None:
+    objects.write_bytes("runs/run-a/checkpoints/checkpoint-8/model.safetensors", b"weights")
+    with pytest.raises(ApplicationError) as info:
+        claim_run(objects, _claim("chain-1"))
+    assert info.value.type == ErrorType.RUN_ID_IN_USE
+    assert "without a run record" in info.value.message
+    assert read_run_record_from(objects, "run-a") is None
+    # Hidden names (a temporary, a lock) are no earlier run; nor is a continue without a run.
+    objects.write_bytes("runs/run-b/.fence.lock", b"")
+    with pytest.raises(ApplicationError, match="nothing to continue"):
+        claim_run(objects, _claim("chain-1", run_id="run-b", continue_run=True))
+    assert claim_run(objects, _claim("chain-1", run_id="run-b")).run_id == "run-b"
+
+
+def test_a_damaged_record_in_a_store_is_a_configuration_error_naming_it(objects: ObjectStore) -> None:
+    objects.write_bytes(record_key("run-a"), b"{not json")
+    with pytest.raises(ApplicationError) as info:
+        read_run_record_from(objects, "run-a")
+    assert info.value.type == ErrorType.CONFIGURATION
+    assert objects.url_of(record_key("run-a")) in info.value.message
+
+
+def test_the_data_workers_claim_activity_uses_the_s3_store(s3_root: str, tmp_path: Path) -> None:
+    settings = DurabertSettings(artifact_root=s3_root, work_dir=tmp_path / "work", store={"retry_seconds": 2})
+    claim = RunClaimActivities(settings).claim_run
+    assert ActivityEnvironment().run(claim, _claim("chain-1")).run_id == "run-a"
+    with pytest.raises(ApplicationError) as info:
+        ActivityEnvironment().run(claim, _claim("chain-2"))
+    assert info.value.type == ErrorType.RUN_ID_IN_USE
+    record = read_run_record_from(ObjectStore(s3_root, retry_seconds=2), "run-a")
+    assert record is not None
+    assert record.chain_id == "chain-1"
+    assert not (tmp_path / "work").exists()  # nothing of the claim stays on the worker

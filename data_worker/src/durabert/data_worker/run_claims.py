@@ -1,8 +1,9 @@
 """The ``claim_run`` activity: a thin Temporal shell around :mod:`durabert.shared.run_record`.
 
-It runs on the data worker because that worker already mounts the artifact store and is
+It runs on the data worker because that worker already reaches the artifact store and is
 cheap to reach: a reused run id is refused in the workflow's first seconds, before a snapshot
-is taken or a GPU is held.
+is taken or a GPU is held. With an object-store root the record is claimed in the store, where
+the GPU workers read it (never in the data worker's local copy, which no other worker sees).
 """
 
 from temporalio import activity
@@ -11,6 +12,7 @@ from durabert.shared import names
 from durabert.shared.artifacts import ArtifactStore
 from durabert.shared.logging import bind_run_id, get_logger
 from durabert.shared.models import RunClaimRequest, RunClaimResult
+from durabert.shared.object_store import ObjectStore, open_object_store
 from durabert.shared.run_record import claim_run
 from durabert.shared.settings import DurabertSettings
 
@@ -24,9 +26,12 @@ class RunClaimActivities:
         """Bind the activity to the artifact store named by the settings.
 
         Args:
-            settings: The worker's settings (artifact root).
+            settings: The worker's settings (artifact root, store retry budget).
         """
-        self._store = ArtifactStore(settings.artifact_dir)
+        objects = open_object_store(settings.artifact_root, retry_seconds=settings.store.retry_seconds)
+        self._store: ArtifactStore | ObjectStore = (
+            objects if objects is not None else ArtifactStore(settings.artifact_dir)
+        )
 
     @activity.defn(name=names.CLAIM_RUN)
     def claim_run(self, request: RunClaimRequest) -> RunClaimResult:

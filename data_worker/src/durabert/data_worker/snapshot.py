@@ -3,10 +3,13 @@
 The steps: confine and load the source, check the columns, turn labels into sorted names
 and ids, order rows by a seeded content key (a shuffle the input order cannot change), hold
 out eval rows when the source has no eval split, take ``max_*_samples``, hash the result,
-and write it under ``snapshots/<snapshot_id>/`` unless that snapshot already exists.
+and write it under ``snapshots/<snapshot_id>/`` unless that snapshot already exists. With an
+object-store artifact root the snapshot is written in the worker's local copy and uploaded, or
+found complete in the store (:mod:`.store_mirror`).
 """
 
 import platform
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,10 +24,12 @@ from durabert.data_worker.columns import Fields, encode_labels, request_fields, 
 from durabert.data_worker.failures import redacted_failure
 from durabert.data_worker.hashing import HASH_FORMAT, content_order, snapshot_id_for, stream_hash
 from durabert.data_worker.sources import describe_source, load_source, resolve_source, source_field
-from durabert.data_worker.store import publish_snapshot, streaming_writer
+from durabert.data_worker.store import SplitWriter, publish_snapshot, streaming_writer
+from durabert.data_worker.store_mirror import publish_to_store, snapshot_key
 from durabert.shared.artifacts import ArtifactStore
 from durabert.shared.errors import invalid_input
 from durabert.shared.models import DatasetSnapshotRequest, DatasetSnapshotResult
+from durabert.shared.object_store import open_object_store
 from durabert.shared.redaction import redact
 from durabert.shared.settings import DurabertSettings
 from durabert.shared.snapshot_layout import SPLIT_FILES, SnapshotFields, SnapshotManifest, SnapshotSource
@@ -149,7 +154,8 @@ def _load_labelled(
     """Check the request, confine and load its source, keep its columns and encode its labels."""
     _check_remote_code(request, settings)
     fields = request_fields(request)  # before anything is read: a bad pairing needs no data
-    resolved = resolve_source(request, settings.data_roots, settings.data_dir.expanduser().resolve())
+    data_dir = settings.data_dir.expanduser().resolve()
+    resolved = resolve_source(request, settings.data_roots, data_dir, settings.data_url_roots)
     source = describe_source(request)
     progress("loading")
     loaded = load_source(request, resolved, trust_remote_code=request.trust_remote_code)
@@ -249,9 +255,27 @@ def _build(
     stored = {"train": (tables["train"], train_rows), "eval": (eval_source, eval_rows)}
     digest = stream_hash(stored, columns, labelled.label_names, progress)
     manifest = _manifest(request, labelled, digest, {"train": len(train_rows), "eval": len(eval_rows)})
-    store = ArtifactStore(settings.artifact_dir)
-    published, cache_hit = publish_snapshot(store, manifest, streaming_writer(stored, columns), progress)
-    return _result(request, published, store.relative(store.snapshot_dir(published.snapshot_id)), cache_hit)
+    published, cache_hit = _publish(settings, manifest, streaming_writer(stored, columns), progress)
+    return _result(request, published, snapshot_key(published.snapshot_id), cache_hit)
+
+
+def _publish(
+    settings: DurabertSettings, manifest: SnapshotManifest, write_splits: SplitWriter, progress: Progress
+) -> tuple[SnapshotManifest, bool]:
+    """Publish into the local artifact folder, or through the local copy into the object store."""
+    local = ArtifactStore(settings.artifact_dir)
+    objects = open_object_store(settings.artifact_root, retry_seconds=settings.store.retry_seconds)
+    if objects is None:
+        return publish_snapshot(local, manifest, write_splits, progress)
+    return publish_to_store(
+        objects,
+        local,
+        manifest,
+        write_splits,
+        progress,
+        leftover_age_seconds=settings.store.leftover_age_seconds,
+        writer={"role": "data", "host": socket.gethostname(), "run_id": manifest.created_by_run_id},
+    )
 
 
 def create_snapshot(

@@ -15,7 +15,10 @@ the current directory is refused, because ``datasets`` would read that instead o
 Remote URLs (of the network schemes in :data:`REMOTE_SCHEMES`) and hub ids are left to
 ``datasets``, once the fsspec package that reads the scheme is known to be installed; any other
 fsspec scheme or chain (``local://``, ``zip://...::/path``) is refused, because fsspec would read
-local files through it without the roots being checked.
+local files through it without the roots being checked. Object-store URLs (``s3://``, ``gs://``,
+``az://``) are read with the worker's own credentials (the ``AWS_*`` variables for S3, as for the
+artifact store) and, when the allowed data roots list URL prefixes, only under them
+(:mod:`.url_roots`).
 """
 
 import functools
@@ -28,6 +31,7 @@ from typing import Any, Final
 
 import pyarrow as pa
 
+from durabert.data_worker.url_roots import confine_url
 from durabert.shared.errors import configuration_error, invalid_input
 from durabert.shared.models import FILE_LOADERS, DataFiles, DatasetSnapshotRequest
 from durabert.shared.redaction import redact
@@ -343,13 +347,17 @@ def _refuse_current_directory(name: str) -> None:
         )
 
 
-def resolve_source(request: DatasetSnapshotRequest, roots: Sequence[Path], data_dir: Path) -> ResolvedSource:
+def resolve_source(
+    request: DatasetSnapshotRequest, roots: Sequence[Path], data_dir: Path, url_roots: Sequence[str] = ()
+) -> ResolvedSource:
     """Confine a request's source to the allowed roots and say exactly what will be loaded.
 
     Args:
         request: The snapshot request.
         roots: Resolved folders local data may come from.
         data_dir: The worker's data folder, which relative local paths are relative to.
+        url_roots: Object-store URL prefixes that ``s3://``/``gs://``/``az://`` data must lie
+            under (:mod:`.url_roots`); empty leaves such URLs unconfined.
 
     Returns:
         What to pass to ``load_dataset``: local entries as absolute, confined paths.
@@ -358,6 +366,14 @@ def resolve_source(request: DatasetSnapshotRequest, roots: Sequence[Path], data_
         ApplicationError: ``InvalidInputError`` naming ``dataset_name`` or ``data_files``;
             ``ConfigurationError`` for a URL whose fsspec package is not installed.
     """
+    resolved = _resolve_source(request, roots, data_dir)
+    confine_url(resolved.path, "dataset_name", url_roots, roots)
+    for entry in _entries(resolved.data_files) if resolved.data_files else []:
+        confine_url(entry, "data_files", url_roots, roots)
+    return resolved
+
+
+def _resolve_source(request: DatasetSnapshotRequest, roots: Sequence[Path], data_dir: Path) -> ResolvedSource:
     name = request.dataset_name
     if name in packaged_loaders():
         return ResolvedSource(name, _loader_files(request, roots, data_dir))

@@ -1,13 +1,19 @@
 """The run record: which workflow chain owns ``runs/<run_id>``, so that a run id means one run.
 
-``runs/<run_id>/run.json`` is written once, by the first claim of a run id, with an exclusive
-create (two racing claims cannot both win). A later run with the same id is refused unless it
-asks to continue the earlier one (``continue_run``); then the record names the new chain as
-owner and keeps what changed in the config. The GPU worker reads the record at the start of
-every attempt and refuses an attempt whose fence names another chain.
+``runs/<run_id>/run.json`` is written once, by the first claim of a run id. A later run with the
+same id is refused unless it asks to continue the earlier one (``continue_run``); then the record
+names the new chain as owner and keeps what changed in the config. The GPU worker reads the
+record at the start of every attempt and refuses an attempt whose fence names another chain.
 
 Temporal allows one open execution per workflow id, and the run id is the workflow id, so two
 *chains* of one run id never claim at the same time: a claim races only with retries of itself.
+
+The record lives where the artifact root is. In a local folder it is created exclusively (a
+hard link that fails when the name exists), so even racing claims have one winner. In an object
+store (``DURABERT_ARTIFACT_ROOT=s3://...``) the claim reads, then writes: not every store offers
+an exclusive create, and none is needed, because the only claims that can overlap are retries of
+the same chain (the rule above), which write the same owner. The store's record is read with
+:func:`read_run_record_from`.
 """
 
 import json
@@ -15,13 +21,14 @@ import os
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from pydantic import Field, ValidationError
 
-from durabert.shared.artifacts import ArtifactStore, write_json_atomic
+from durabert.shared.artifacts import RUNS_DIR, ArtifactStore, write_json_atomic
 from durabert.shared.errors import ErrorType, configuration_error, retryable_error, run_id_in_use
 from durabert.shared.models import ContractModel, RunClaimRequest, RunClaimResult, RunId
+from durabert.shared.object_store import ObjectStore
 from durabert.shared.redaction import redact_value
 
 RUN_RECORD_FILE: Final = "run.json"
@@ -91,17 +98,115 @@ def read_run_record(store: ArtifactStore, run_id: str) -> RunRecord | None:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return None
+    return _parse_record(text, str(path))
+
+
+def record_key(run_id: str) -> str:
+    """The object-store key of a run's record: ``runs/<run_id>/run.json``."""
+    return f"{RUNS_DIR}/{run_id}/{RUN_RECORD_FILE}"
+
+
+def read_run_record_from(objects: ObjectStore, run_id: str) -> RunRecord | None:
+    """Read a run's record from an object-store artifact root.
+
+    Args:
+        objects: The object store of the artifact root.
+        run_id: The run id.
+
+    Returns:
+        The record, or None when the run id was never claimed.
+
+    Raises:
+        ApplicationError: ``ConfigurationError`` when the object is not a valid record; a
+            retryable ``ArtifactStoreError`` when the store cannot be read.
+    """
+    raw = objects.read_bytes(record_key(run_id))
+    return None if raw is None else _parse_record(raw, objects.url_of(record_key(run_id)))
+
+
+def _parse_record(text: str | bytes, where: str) -> RunRecord:
     try:
         return RunRecord.model_validate_json(text)
     except ValidationError as exc:
-        raise configuration_error(f"{path} is not a valid run record: {exc.error_count()} error(s)") from None
+        raise configuration_error(
+            f"{where} is not a valid run record: {exc.error_count()} error(s)"
+        ) from None
 
 
-def claim_run(store: ArtifactStore, request: RunClaimRequest) -> RunClaimResult:
+class _Records(Protocol):
+    """Where run records are kept: a local artifact folder or an object store."""
+
+    def read(self, run_id: str) -> RunRecord | None:
+        """The run's record, or None."""
+
+    def create(self, record: RunRecord) -> bool:
+        """Write a first record; False when one exists already."""
+
+    def replace(self, record: RunRecord) -> None:
+        """Overwrite the record (readers see the old or the new one whole)."""
+
+    def has_artifacts(self, run_id: str) -> bool:
+        """Whether the run's folder holds anything a run wrote."""
+
+
+class _FolderRecords:
+    """Run records in a local (or mounted) artifact folder."""
+
+    def __init__(self, store: ArtifactStore) -> None:
+        self._store = store
+
+    def read(self, run_id: str) -> RunRecord | None:
+        return read_run_record(self._store, run_id)
+
+    def create(self, record: RunRecord) -> bool:
+        return _create_exclusive(record_path(self._store, record.run_id), record.model_dump(mode="json"))
+
+    def replace(self, record: RunRecord) -> None:
+        write_json_atomic(record_path(self._store, record.run_id), record.model_dump(mode="json"))
+
+    def has_artifacts(self, run_id: str) -> bool:
+        return _has_artifacts(self._store.run_dir(run_id))
+
+
+class _StoreRecords:
+    """Run records in an object store (read-then-write: see the module docstring)."""
+
+    def __init__(self, objects: ObjectStore) -> None:
+        self._objects = objects
+
+    def read(self, run_id: str) -> RunRecord | None:
+        return read_run_record_from(self._objects, run_id)
+
+    def create(self, record: RunRecord) -> bool:
+        if self._objects.exists(record_key(record.run_id)):
+            return False
+        self.replace(record)
+        return True
+
+    def replace(self, record: RunRecord) -> None:
+        # One PUT replaces an object whole: readers never see a partial record.
+        self._objects.write_bytes(record_key(record.run_id), _record_json(record))
+
+    def has_artifacts(self, run_id: str) -> bool:
+        # An object store has no empty folders: any visible name under runs/<id>/ is an object
+        # some run wrote. Hidden names (temporaries, locks) do not count, as in a folder.
+        children = self._objects.list_children(f"{RUNS_DIR}/{run_id}")
+        return any(not name.startswith(".") for name in children)
+
+
+def _records(store: ArtifactStore | ObjectStore) -> _Records:
+    return _StoreRecords(store) if isinstance(store, ObjectStore) else _FolderRecords(store)
+
+
+def _record_json(record: RunRecord) -> bytes:
+    return json.dumps(record.model_dump(mode="json"), indent=2, sort_keys=True).encode()
+
+
+def claim_run(store: ArtifactStore | ObjectStore, request: RunClaimRequest) -> RunClaimResult:
     """Make ``runs/<run_id>`` the requesting chain's, or refuse an id that holds an earlier run.
 
     Args:
-        store: The artifact store.
+        store: The artifact root: a local folder, or the object store of a URL root.
         request: Run id, claiming chain, config and whether to continue an earlier run.
 
     Returns:
@@ -113,24 +218,25 @@ def claim_run(store: ArtifactStore, request: RunClaimRequest) -> RunClaimResult:
             ``continue_run``); ``ConfigurationError`` for ``continue_run`` with nothing to
             continue; a retryable ``ArtifactStoreError`` when the store cannot be written.
     """
+    records = _records(store)
     try:
-        record = read_run_record(store, request.run_id)
+        record = records.read(request.run_id)
         if record is None:
-            return _claim_new(store, request)
-        return _claim_existing(store, request, record)
+            return _claim_new(records, request)
+        return _claim_existing(records, request, record)
     except OSError as exc:
         raise retryable_error(
             ErrorType.ARTIFACT_STORE, f"artifact store: cannot claim run {request.run_id}: {exc}"
         ) from exc
 
 
-def _claim_new(store: ArtifactStore, request: RunClaimRequest) -> RunClaimResult:
+def _claim_new(records: _Records, request: RunClaimRequest) -> RunClaimResult:
     if request.continue_run:
         raise configuration_error(
             f"continue_run: run {request.run_id!r} has nothing to continue (no earlier run with "
             "this id); leave continue_run off to start it"
         )
-    if _has_artifacts(store.run_dir(request.run_id)):
+    if records.has_artifacts(request.run_id):
         # A folder from before run records existed: it is somebody's run all the same.
         raise run_id_in_use(_in_use_message(request.run_id, "an earlier run without a run record"))
     record = RunRecord(
@@ -140,16 +246,16 @@ def _claim_new(store: ArtifactStore, request: RunClaimRequest) -> RunClaimResult
         created_at=_now(),
         config=redact_value(request.config.model_dump(mode="json")),
     )
-    if _create_exclusive(record_path(store, request.run_id), record.model_dump(mode="json")):
+    if records.create(record):
         return RunClaimResult(run_id=request.run_id)
     # Another claim won the race: decide again against what it wrote.
-    winner = read_run_record(store, request.run_id)
+    winner = records.read(request.run_id)
     if winner is None:  # removed again in between: an operator is cleaning up; retry later
         raise retryable_error(ErrorType.ARTIFACT_STORE, f"run record of {request.run_id} vanished")
-    return _claim_existing(store, request, winner)
+    return _claim_existing(records, request, winner)
 
 
-def _claim_existing(store: ArtifactStore, request: RunClaimRequest, record: RunRecord) -> RunClaimResult:
+def _claim_existing(records: _Records, request: RunClaimRequest, record: RunRecord) -> RunClaimResult:
     if record.chain_id == request.chain_id:
         # A retry of this claim, or the same run after continue-as-new: nothing changes.
         return RunClaimResult(run_id=request.run_id)
@@ -167,7 +273,7 @@ def _claim_existing(store: ArtifactStore, request: RunClaimRequest, record: RunR
             ],
         }
     )
-    write_json_atomic(record_path(store, request.run_id), updated.model_dump(mode="json"))
+    records.replace(updated)
     return RunClaimResult(run_id=request.run_id, continued_from_chain=record.chain_id, config_changes=changes)
 
 

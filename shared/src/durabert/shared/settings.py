@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from temporalio.common import WorkerDeploymentVersion
 
 from durabert.shared import names
+from durabert.shared.redaction import redact
 
 ENV_PREFIX = "DURABERT_"
 """Prefix of every durabert environment variable."""
@@ -38,6 +39,8 @@ CHILD_STOP_MARGIN_SECONDS: Final = 15.0
 shutdown (a 1 s poll), killing and reaping a child that did not stop (up to 10 s) and reporting."""
 MIN_CHILD_STOP_SECONDS: Final = 5.0
 """Least time a stopping training child gets to write its checkpoint, however short the budget."""
+DATA_URL_SCHEMES: Final = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"})
+"""Object-store URL schemes that ``allowed_data_roots`` may list as prefixes."""
 
 
 class TemporalSettings(BaseModel):
@@ -232,8 +235,11 @@ class DurabertSettings(BaseSettings):
     """Object-store transfer knobs."""
     data_dir: Path = Field(default_factory=lambda: Path.home() / ".durabert" / "data")
     """Folder of downloaded demo data (readable by runs by default)."""
-    allowed_data_roots: list[Path] | None = None
-    """Folders a run may read local data files from (JSON list); default: artifact root and data_dir."""
+    allowed_data_roots: list[Path | str] | None = None
+    """Where a run may read data from (JSON list): folders for local files (default: the artifact
+    folder and data_dir) and object-store URL prefixes (``s3://bucket/datasets``). With any URL
+    prefix listed, ``s3://``/``gs://``/``az://`` data is read only under the listed prefixes;
+    without one, any object-store URL may be read (as before)."""
     log_format: Literal["auto", "console", "json"] = "auto"
     """``console`` for people, ``json`` for log collectors, ``auto`` picks by whether stderr is a terminal."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -274,11 +280,39 @@ class DurabertSettings(BaseSettings):
             return Path(self.artifact_root)
         return self.work_dir.expanduser() / "artifacts"
 
+    @field_validator("allowed_data_roots", mode="after")
+    @classmethod
+    def _folders_and_url_prefixes(cls, value: list[Path | str] | None) -> list[Path | str] | None:
+        """Keep object-store URL prefixes as text and make every other entry a folder."""
+        return None if value is None else [_data_root(str(root)) for root in value]
+
     @property
     def data_roots(self) -> list[Path]:
         """Folders local data files may come from, resolved."""
-        roots = self.allowed_data_roots or [self.artifact_dir, self.data_dir]
-        return [root.expanduser().resolve() for root in roots]
+        # An explicit list is exactly what may be read: one naming only URL prefixes admits no folder.
+        configured = self.allowed_data_roots or [self.artifact_dir, self.data_dir]
+        return [root.expanduser().resolve() for root in configured if isinstance(root, Path)]
+
+    @property
+    def data_url_roots(self) -> list[str]:
+        """Object-store URL prefixes data may be read from; empty: any object-store URL."""
+        return [root for root in self.allowed_data_roots or [] if isinstance(root, str)]
+
+
+def _data_root(text: str) -> Path | str:
+    """One allowed data root: a folder, or an object-store URL prefix kept as text.
+
+    A ``Path`` would fold ``s3://bucket`` into ``s3:/bucket``, so URL prefixes stay strings.
+    """
+    scheme, separator, rest = text.partition("://")
+    if not separator:
+        return Path(text)
+    if scheme.lower() in DATA_URL_SCHEMES and rest.strip("/"):
+        return f"{scheme.lower()}://{rest.strip('/')}"
+    raise ValueError(
+        f"{redact(text)!r} must be a folder or an object-store URL prefix such as "
+        f"s3://bucket/datasets (schemes: {', '.join(sorted(DATA_URL_SCHEMES))})"
+    )
 
 
 SettingsT = TypeVar("SettingsT", bound=DurabertSettings)
