@@ -274,8 +274,11 @@ class DurabertSettings(BaseSettings):
 
     @property
     def artifact_dir(self) -> Path:
-        """The folder this worker reads and writes artifacts in: the root itself when it is a
-        folder, this worker's local copy (``<work_dir>/artifacts``) when it is an object store."""
+        """The folder this worker reads and writes artifacts in.
+
+        The root itself when it is a folder; this worker's own local copy (``<work_dir>/artifacts``)
+        when the root is an object store.
+        """
         if self.artifact_url is None:
             return Path(self.artifact_root)
         return self.work_dir.expanduser() / "artifacts"
