@@ -16,6 +16,7 @@ from durabert.gpu_worker.data import locate_snapshot
 from durabert.gpu_worker.device import select_device
 from durabert.gpu_worker.events import TrainJob
 from durabert.gpu_worker.inference import ModelCache, predict
+from durabert.gpu_worker.mirror import open_mirror
 from durabert.gpu_worker.model_source import resolve_model_source
 from durabert.gpu_worker.reporting import HeartbeatReporter, StallWatchdog
 from durabert.gpu_worker.supervisor import TrainingChild
@@ -46,7 +47,8 @@ class GpuActivities:
         """
         self.settings = settings
         self.store = ArtifactStore(settings.artifact_dir)
-        self.cache = ModelCache(self.store, settings.gpu.inference_cache_size)
+        self.mirror = open_mirror(settings, self.store)
+        self.cache = ModelCache(self.store, settings.gpu.inference_cache_size, self.mirror)
         self.child_context = child_context
 
     @activity.defn(name=names.FINE_TUNE_BERT)
@@ -71,8 +73,13 @@ class GpuActivities:
         # server-side retry of the same call would add to it.
         attempt = request.attempt + activity.info().attempt - 1
         device = select_device(request.config.use_gpu, self.settings.gpu.device)
-        # Fail fast, before a child process starts, on what the parent can check cheaply.
-        locate_snapshot(self.store, request.dataset_snapshot)
+        # Fail fast, before a child process starts, on what the parent can check cheaply. With an
+        # object store that is the snapshot's marker (one read, in a thread: the loop heartbeats);
+        # the child downloads it, in a phase the stall watchdog gives time.
+        if self.mirror is None:
+            locate_snapshot(self.store, request.dataset_snapshot)
+        else:
+            await asyncio.to_thread(self.mirror.check_snapshot, request.dataset_snapshot)
         resolve_model_source(request.config.model_name, self.store)
         job = TrainJob(request=request, settings=self.settings, device=device, attempt=attempt)
         log.info("fine-tuning attempt starting", run_id=request.run_id, attempt=attempt, device=device)

@@ -1,10 +1,13 @@
 """The ``TrainerCallback`` that reports, publishes checkpoints under the fence, and stops on request.
 
+With an object-store artifact root it also hands each published checkpoint to the attempt's
+:class:`~durabert.gpu_worker.uploads.CheckpointUploader`, which reports it once it is in the store.
 Imported only by the training child (it imports ``transformers``).
 """
 
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
@@ -12,17 +15,25 @@ from transformers import TrainerCallback
 from durabert.gpu_worker import checkpoints, history
 from durabert.gpu_worker.events import CheckpointEvent, ProgressEvent, PulseEvent, StartedEvent
 from durabert.gpu_worker.preparation import Emit, PreparedRun
+from durabert.gpu_worker.uploads import CheckpointUploader
 from durabert.shared.models import TrainingPhase
 
 PULSE_SECONDS = 1.0
 """Least time between two liveness pulses from steps or evaluation batches."""
 
 
-def _writer(prepared: PreparedRun) -> dict[str, Any]:
-    """Who wrote a checkpoint, for its completion marker."""
-    fence = prepared.job.request.fence
-    identity = fence.model_dump(mode="json") if fence else {}
-    return {**identity, "attempt": prepared.job.attempt}
+def _uploader(prepared: PreparedRun, emit: Emit) -> CheckpointUploader | None:
+    """The attempt's background uploader with an object-store root; None with a local one."""
+    mirror = prepared.mirror
+    if mirror is None:
+        return None
+    request, writer = prepared.job.request, prepared.writer()
+
+    def push(folder: Path) -> None:
+        prepared.fence.check_store(f"upload {folder.name}")
+        mirror.push_checkpoint(request.run_id, folder, writer, request.config.save_total_limit)
+
+    return CheckpointUploader(push, emit)
 
 
 class DurabertCallback(TrainerCallback):  # type: ignore[misc]
@@ -43,7 +54,18 @@ class DurabertCallback(TrainerCallback):  # type: ignore[misc]
         """The newest logged training loss."""
         self.stopped_at: int | None = None
         """The step at which a stop request was honoured, if one was."""
+        self.uploader = _uploader(prepared, emit)
+        """Uploads checkpoints to the object store (None with a local artifact root)."""
         self._last_pulse = 0.0
+
+    def finish_uploads(self) -> None:
+        """Wait until every published checkpoint is in the store (no-op with a local root).
+
+        Raises:
+            ApplicationError: A failed upload's error.
+        """
+        if self.uploader is not None:
+            self.uploader.wait()
 
     def _pulse(self, phase: TrainingPhase, step: int) -> None:
         now = time.monotonic()
@@ -65,7 +87,9 @@ class DurabertCallback(TrainerCallback):  # type: ignore[misc]
         self.emit(PulseEvent(phase="training", step=state.global_step))
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        """Honour a stop request (save now, then stop) and pulse."""
+        """Honour a stop request (save now, then stop), end the attempt on a failed upload, and pulse."""
+        if self.uploader is not None:
+            self.uploader.raise_if_failed()
         if self.stop.is_set() and self.stopped_at is None:
             # Save now (the Trainer writes the checkpoint right after this callback), then stop.
             control.should_save = True
@@ -98,12 +122,15 @@ class DurabertCallback(TrainerCallback):  # type: ignore[misc]
         )
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        """Mark the staged checkpoint complete, publish it under the fence, rotate, report."""
+        """Mark the staged checkpoint complete, publish it under the fence, rotate, report (or upload)."""
         # on_save fires after the Trainer wrote every file of the staged folder: mark it
         # complete there, then publish it into checkpoints/ in one rename, under the fence.
         prepared, name = self.prepared, f"checkpoint-{state.global_step}"
         target_dir = prepared.checkpoints_dir
-        checkpoints.mark_complete(prepared.staging / name, state.global_step, _writer(prepared))
+        checkpoints.mark_complete(prepared.staging / name, state.global_step, prepared.writer())
+        # One upload in flight: the previous checkpoint must be in the store before rotation
+        # below may delete its local copy.
+        self.finish_uploads()
         with prepared.fence.guard(f"publish {name}"):
             published = checkpoints.publish(prepared.staging / name, target_dir) or target_dir / name
             checkpoints.rotate(target_dir, prepared.job.request.config.save_total_limit)
@@ -112,12 +139,14 @@ class DurabertCallback(TrainerCallback):  # type: ignore[misc]
                 attempt=prepared.attempt_seq, step=state.global_step, path=relative
             )
             history.append(prepared.run_dir, record)
-        self.emit(
-            CheckpointEvent(
-                step=state.global_step,
-                epoch=float(state.epoch or 0.0),
-                path=relative,
-                loss=self.last_loss,
-                max_steps=state.max_steps,
-            )
+        event = CheckpointEvent(
+            step=state.global_step,
+            epoch=float(state.epoch or 0.0),
+            path=relative,
+            loss=self.last_loss,
+            max_steps=state.max_steps,
         )
+        if self.uploader is None:
+            self.emit(event)
+        else:
+            self.uploader.submit(published, event)  # reported once it is in the store

@@ -10,8 +10,20 @@ superseded attempt stops with ``AttemptSupersededError`` before it writes or del
 
 The lock (``fcntl.flock`` on ``.fence.lock``) makes "check the fence, then rename or delete"
 atomic with respect to a take-over, so a newer attempt's choice of resume checkpoint can never
-be deleted under it. Local folders and NFSv4 honour it; an object store will need a
-conditional write instead.
+be deleted under it. Local folders and NFSv4 honour it.
+
+With an object-store artifact root, the run folder each worker writes is its private local
+copy (still guarded as above, which keeps two attempts on one machine apart), and the fence
+that matters lives in the store as ``runs/<run_id>/fence.json``: :meth:`RunFence.take_over`
+reads, compares and writes it there (checking the store's run record first), and
+:meth:`RunFence.check_store` re-reads it before every upload. Object stores have no locks, so
+a window remains between that check and the upload (or rotation) that follows it: an attempt
+superseded inside that window may still upload one checkpoint or delete one of the store's
+older checkpoints. That is acceptable: the older attempt's upload is a ``checkpoint-<step>``
+of the same run, config and data, so it either has a step the newer attempt does not write
+or the same contents (training is seeded; the newer attempt does not re-upload a step that is
+complete), rotation never deletes the newest complete checkpoint, and the newer attempt has
+already downloaded what it resumes from. Its next check stops the older attempt.
 """
 
 import fcntl
@@ -22,11 +34,12 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from durabert.shared.artifacts import ArtifactStore
+from durabert.shared.artifacts import RUNS_DIR, ArtifactStore
 from durabert.shared.errors import superseded
 from durabert.shared.logging import get_logger
 from durabert.shared.models import AttemptFence
-from durabert.shared.run_record import read_run_record
+from durabert.shared.object_store import ObjectStore
+from durabert.shared.run_record import RunRecord, read_run_record
 
 log = get_logger(__name__)
 
@@ -72,22 +85,63 @@ def _describe(fence: AttemptFence) -> str:
     return f"attempt {fence.seq} of workflow chain {fence.chain_id}"
 
 
+def _store_fence_key(run_id: str) -> str:
+    return f"{RUNS_DIR}/{run_id}/{FENCE_FILE}"
+
+
+def read_store_fence(objects: ObjectStore, run_id: str) -> AttemptFence | None:
+    """Read the fence of the attempt that owns a run in an object store.
+
+    Args:
+        objects: The object store at the artifact root.
+        run_id: The run.
+
+    Returns:
+        The owner's fence, or None when no attempt took the run over (or the object is unreadable).
+    """
+    raw = objects.read_bytes(_store_fence_key(run_id))
+    if raw is None:
+        return None
+    try:
+        return AttemptFence.model_validate_json(raw)
+    except ValidationError:
+        return None
+
+
+def _read_store_record(objects: ObjectStore, run_id: str) -> RunRecord | None:
+    """The run record in the store (``durabert.shared.run_record.read_run_record_from``)."""
+    from durabert.shared.run_record import (
+        read_run_record_from,
+    )  # H2's reader; only object-store roots need it
+
+    return read_run_record_from(objects, run_id)
+
+
 class RunFence:
     """One attempt's claim on its run folder."""
 
-    def __init__(self, store: ArtifactStore, run_id: str, fence: AttemptFence | None) -> None:
+    def __init__(
+        self,
+        store: ArtifactStore,
+        run_id: str,
+        fence: AttemptFence | None,
+        objects: ObjectStore | None = None,
+    ) -> None:
         """Prepare the fence of one attempt (nothing is written yet).
 
         Args:
-            store: The artifact store.
+            store: The artifact store (the local copy, with an object-store root).
             run_id: The run whose folder is fenced.
             fence: The attempt's identity; None outside a workflow (tests, benchmarks), where
                 nothing is fenced.
+            objects: The object store at the artifact root, when it is one: the fence that
+                counts is then the store's.
         """
         self.store = store
         self.run_id = run_id
         self.run_dir = store.run_dir(run_id)
         self.fence = fence
+        self.objects = objects
 
     def take_over(self) -> None:
         """Make this attempt the folder's only writer.
@@ -98,26 +152,29 @@ class RunFence:
         """
         if self.fence is None:
             return
+        if self.objects is not None:
+            # The store first: it is where a newer attempt on another machine would show.
+            self._check_chain(_read_store_record(self.objects, self.run_id))
+            self._refuse_newer(read_store_fence(self.objects, self.run_id))
+            self.objects.write_bytes(_store_fence_key(self.run_id), self.fence.model_dump_json().encode())
         with _locked(self.run_dir):
-            self._check_chain()
-            current = read_fence(self.run_dir)
-            if (
-                current is not None
-                and current.chain_id == self.fence.chain_id
-                and current.seq > self.fence.seq
-            ):
-                raise superseded(
-                    f"run {self.fence.workflow_id!r}: {_describe(current)} owns the run folder; "
-                    f"{_describe(self.fence)} is older and does not start"
-                )
+            self._check_chain(read_run_record(self.store, self.run_id))
+            self._refuse_newer(read_fence(self.run_dir))
             _write_fence(self.run_dir, self.fence)
         log.info("took over the run folder", seq=self.fence.seq, chain_id=self.fence.chain_id)
 
-    def _check_chain(self) -> None:
+    def _refuse_newer(self, current: AttemptFence | None) -> None:
+        assert self.fence is not None
+        if current is not None and current.chain_id == self.fence.chain_id and current.seq > self.fence.seq:
+            raise superseded(
+                f"run {self.fence.workflow_id!r}: {_describe(current)} owns the run folder; "
+                f"{_describe(self.fence)} is older and does not start"
+            )
+
+    def _check_chain(self, record: RunRecord | None) -> None:
         assert self.fence is not None
         # The run record (written by ``claim_run``) names the chain that owns the run id: an
         # attempt of an older chain, taken over by ``continue_run``, must not write.
-        record = read_run_record(self.store, self.run_id)
         if record is not None and record.chain_id != self.fence.chain_id:
             raise superseded(
                 f"run {self.fence.workflow_id!r} now belongs to workflow chain {record.chain_id}; "
@@ -151,3 +208,28 @@ class RunFence:
                     f"{_describe(self.fence)} stopped before it could {action}"
                 )
             yield
+
+    def check_store(self, action: str) -> None:
+        """Refuse, before an upload, when another attempt took the run over in the object store.
+
+        A no-op with a local root or outside a workflow. See the module's note on the window
+        between this check and the upload.
+
+        Args:
+            action: What the caller is about to do (for the error message).
+
+        Raises:
+            ApplicationError: ``AttemptSupersededError`` when the store's fence is not this attempt's.
+        """
+        if self.fence is None or self.objects is None:
+            return
+        current = read_store_fence(self.objects, self.run_id)
+        if current != self.fence:
+            owner = _describe(current) if current else "nobody"
+            log.warning(
+                "superseded in the store: not uploading", action=action, owner=owner, seq=self.fence.seq
+            )
+            raise superseded(
+                f"run {self.fence.workflow_id!r}: {owner} took the run over in the artifact store; "
+                f"{_describe(self.fence)} stopped before it could {action}"
+            )

@@ -3,6 +3,11 @@
 The original design loaded the model for every call; here a model is loaded once per
 (run, model version, device) and reused until the cache evicts it. The version is the
 run manifest's modification time, so a retrained run's new model replaces the old one.
+
+With an object-store artifact root, each call first compares the store's completion marker of
+the model with the one in the worker's local copy (one small read) and downloads the model
+when it is missing or newer; the download changes the manifest's modification time, so the
+new model replaces the warm one as above.
 """
 
 import threading
@@ -11,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from durabert.gpu_worker.device import Device
+from durabert.gpu_worker.mirror import RunMirror
 from durabert.gpu_worker.model_folder import model_version
 from durabert.shared.artifacts import ArtifactStore
 from durabert.shared.errors import not_found
@@ -40,15 +46,20 @@ class LoadedModel:
 class ModelCache:
     """Least-recently-used cache of loaded models, safe to use from several threads."""
 
-    def __init__(self, store: ArtifactStore, capacity: int) -> None:
+    def __init__(self, store: ArtifactStore, capacity: int, mirror: RunMirror | None = None) -> None:
         """Create an empty cache.
 
         Args:
-            store: The artifact store holding ``runs/<run_id>/model``.
+            store: The artifact store holding ``runs/<run_id>/model`` (the local copy with an
+                object-store root).
             capacity: Most models kept in memory.
+            mirror: The object store behind ``store``, if it is one.
         """
         self.store = store
         self.capacity = capacity
+        self.mirror = mirror
+        """The object store models are downloaded from (None with a local artifact root)."""
+        self._sync_lock = threading.Lock()
         self.loads = 0
         """Models loaded from disk so far (tests and benchmarks read it)."""
         self._models: OrderedDict[CacheKey, LoadedModel] = OrderedDict()
@@ -67,6 +78,9 @@ class ModelCache:
         Raises:
             ApplicationError: ``ArtifactNotFoundError`` when the run has no finished model.
         """
+        if self.mirror is not None:
+            with self._sync_lock:  # one download of a model, however many calls wait for it
+                self.mirror.pull_model(run_id)
         try:
             version = model_version(self.store.model_dir(run_id))
         except FileNotFoundError:

@@ -18,6 +18,7 @@ from durabert.gpu_worker.data import SnapshotFiles, load_tokenized, locate_snaps
 from durabert.gpu_worker.device import Precision, check_device_usable, select_precision
 from durabert.gpu_worker.events import PulseEvent, TrainingEvent, TrainJob
 from durabert.gpu_worker.fencing import RunFence
+from durabert.gpu_worker.mirror import RunMirror, open_mirror
 from durabert.gpu_worker.model_loading import load_model_and_tokenizer
 from durabert.gpu_worker.model_source import resolve_model_source
 from durabert.shared.artifacts import ArtifactStore
@@ -127,11 +128,19 @@ class PreparedRun:
     """This attempt's folder of memory-mapped Arrow files (the splits and their tokens)."""
     out_of_memory_retries: int = 0
     """Times this attempt started over with a smaller per-device batch."""
+    mirror: RunMirror | None = None
+    """The object store behind the local copy ``store`` is; None with a local artifact root."""
 
     @property
     def precision(self) -> Precision:
         """Numeric precision on this device."""
         return self.plan.precision
+
+    def writer(self) -> dict[str, Any]:
+        """Who writes this attempt's checkpoints and model, for their completion markers."""
+        fence = self.job.request.fence
+        identity = fence.model_dump(mode="json") if fence else {}
+        return {**identity, "attempt": self.job.attempt}
 
     @property
     def run_dir(self) -> Path:
@@ -298,8 +307,32 @@ def _tokenize(job: TrainJob, files: SnapshotFiles, tokenizer: Any, cache_dir: Pa
         raise
 
 
+def _pull_run(mirror: RunMirror | None, job: TrainJob) -> None:
+    """Bring the run's history and newest complete checkpoint from the object store (under the fence)."""
+    if mirror is not None:
+        mirror.pull_history(job.request.run_id)
+        mirror.pull_checkpoints(job.request.run_id, job.request.resume_from_checkpoint)
+
+
+def _open_store(job: TrainJob) -> tuple[ArtifactStore, RunMirror | None]:
+    """The attempt's artifact folder, and with an object-store root its mirror and the snapshot in it.
+
+    The snapshot is downloaded here, in the child's ``loading`` phase, which the stall watchdog
+    allows ``SLOW_PHASE_FACTOR`` times the step silence, rather than in the activity, whose
+    event loop must stay free to heartbeat.
+    """
+    store = ArtifactStore(job.settings.artifact_dir)
+    mirror = open_mirror(job.settings, store)
+    if mirror is not None:
+        mirror.pull_snapshot(job.request.dataset_snapshot)
+    return store, mirror
+
+
 def prepare(job: TrainJob, emit: Emit) -> PreparedRun:
     """Take the run folder over, load the model and data, and decide where to resume.
+
+    With an object-store root, the snapshot, the run's history and its newest complete
+    checkpoint are first brought into the worker's local copy (see :mod:`.mirror`).
 
     Args:
         job: The attempt's job.
@@ -310,18 +343,20 @@ def prepare(job: TrainJob, emit: Emit) -> PreparedRun:
 
     Raises:
         ApplicationError: ``ConfigurationError``/``ArtifactNotFoundError`` for requests that
-            cannot run; ``AttemptSupersededError`` when a newer attempt owns the run folder.
+            cannot run; ``AttemptSupersededError`` when a newer attempt owns the run folder; a
+            retryable ``ArtifactStoreError`` when the object store cannot be read.
     """
     request, config = job.request, job.request.config
     emit(PulseEvent(phase="loading"))
-    store = ArtifactStore(job.settings.artifact_dir)
+    store, mirror = _open_store(job)
     files = locate_snapshot(store, request.dataset_snapshot)
     source = resolve_model_source(config.model_name, store)
     # Before the run folder is touched: an unusable GPU sends the attempt elsewhere, unchanged.
     check_device_usable(job.device)
-    fence = RunFence(store, request.run_id, request.fence)
+    fence = RunFence(store, request.run_id, request.fence, mirror.objects if mirror else None)
     fence.take_over()
     with fence.guard("prepare the run folder"):
+        _pull_run(mirror, job)
         resume = _resume_point(job, store)
         staging = _fresh_staging(store, request.run_id)
         cache_dir = _fresh_cache(job, staging)
@@ -347,4 +382,5 @@ def prepare(job: TrainJob, emit: Emit) -> PreparedRun:
         attempt_seq=attempt_seq,
         staging=staging,
         cache_dir=cache_dir,
+        mirror=mirror,
     )

@@ -92,6 +92,15 @@ def _final_checkpoint(prepared: PreparedRun, trainer: Any) -> CheckpointInfo | N
     )
 
 
+def _upload_model(prepared: PreparedRun) -> None:
+    """With an object-store root, upload the final model and the run's files before the result goes out."""
+    mirror = prepared.mirror
+    if mirror is None:
+        return
+    prepared.fence.check_store("upload the final model")
+    mirror.push_model(prepared.job.request.run_id, prepared.writer())
+
+
 def publish_run(
     prepared: PreparedRun, trainer: Any, train_loss: float, seconds: float, emit: Emit
 ) -> BertFineTuneResult:
@@ -108,7 +117,8 @@ def publish_run(
         The run's result.
 
     Raises:
-        ApplicationError: ``AttemptSupersededError`` when another attempt took the run folder over.
+        ApplicationError: ``AttemptSupersededError`` when another attempt took the run folder over;
+            a retryable ``ArtifactStoreError`` when the object store does not take the model.
     """
     request, job = prepared.job.request, prepared.job
     emit(PulseEvent(phase="evaluating", step=int(trainer.state.global_step)))
@@ -133,6 +143,7 @@ def publish_run(
         storage.storage_guard(prepared.run_dir, save_bytes, "the final model"),
     ):
         model_folder.publish(prepared.run_dir, final_dir, fill)
+    _upload_model(prepared)
     log.info("training finished", global_step=manifest.global_step, **evaluation)
     return BertFineTuneResult(
         run_id=request.run_id,

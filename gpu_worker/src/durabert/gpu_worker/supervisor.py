@@ -7,6 +7,7 @@ import asyncio
 import collections
 import contextlib
 import multiprocessing
+import os
 import sys
 import threading
 from multiprocessing.connection import Connection
@@ -19,6 +20,8 @@ from durabert.shared.logging import get_logger
 log = get_logger(__name__)
 
 _PRELOAD = ["durabert.gpu_worker.train_process"]
+STORE_ENV_PREFIXES = ("AWS_", "GOOGLE_", "AZURE_")
+"""Environment variables an object store's client reads (credentials, endpoint, region)."""
 
 
 def training_context() -> BaseContext:
@@ -38,11 +41,31 @@ def training_context() -> BaseContext:
     return multiprocessing.get_context("spawn")
 
 
-def _child_entry(job_json: str, events: Connection, control: Connection) -> None:
+def _child_entry(job_json: str, events: Connection, control: Connection, store_env: dict[str, str]) -> None:
     """Run the child; imported lazily so the worker itself starts without torch."""
     from durabert.gpu_worker.train_process import child_main
 
+    # A forkserver child inherits the environment the forkserver started with, which may be
+    # older than the worker's (tests set the store's variables later): take the worker's.
+    os.environ.update(store_env)
     child_main(job_json, events, control)
+
+
+def store_environment(job: TrainJob) -> dict[str, str]:
+    """The worker's object-store variables for a child, or none with a local artifact root.
+
+    They travel as process arguments over the forkserver's socket, never in the job's JSON,
+    so they reach no log.
+
+    Args:
+        job: The child's job.
+
+    Returns:
+        ``AWS_*``, ``GOOGLE_*`` and ``AZURE_*`` variables of this process.
+    """
+    if job.settings.artifact_url is None:
+        return {}
+    return {name: value for name, value in os.environ.items() if name.startswith(STORE_ENV_PREFIXES)}
 
 
 def warm_up() -> None:
@@ -91,7 +114,7 @@ class TrainingChild:
         control_read, control_write = self.context.Pipe(duplex=False)
         self.process = self.context.Process(  # type: ignore[attr-defined]
             target=_child_entry,
-            args=(self.job.model_dump_json(), events_write, control_read),
+            args=(self.job.model_dump_json(), events_write, control_read, store_environment(self.job)),
             name=f"durabert-train-{self.job.request.run_id}",
             daemon=True,
         )

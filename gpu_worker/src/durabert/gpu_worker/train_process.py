@@ -81,9 +81,13 @@ def child_main(job_json: str, events: Connection, control: Connection) -> None:
         target=_watch_control, args=(control, stop), name="durabert-control", daemon=True
     ).start()
 
+    # The checkpoint uploader reports from its own thread: one message at a time on the pipe.
+    sending = threading.Lock()
+
     def emit(event: TrainingEvent) -> None:
         try:
-            events.send_bytes(event.model_dump_json().encode())
+            with sending:
+                events.send_bytes(event.model_dump_json().encode())
         except OSError:
             # The parent is gone: stop at the next step (after a checkpoint), nobody listens.
             stop.set()

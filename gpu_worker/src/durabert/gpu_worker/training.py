@@ -216,8 +216,11 @@ def train(prepared: PreparedRun, trainer: Any, callback: DurabertCallback) -> Tr
         The Trainer, training loss and time.
 
     Raises:
-        TrainingStopped: When a stop request ended training after a checkpoint.
-        ApplicationError: ``ConfigurationError`` when the model does not fit at batch size 1.
+        TrainingStopped: When a stop request ended training after a checkpoint (with an
+            object-store root, once that checkpoint is in the store).
+        ApplicationError: ``ConfigurationError`` when the model does not fit at batch size 1; a
+            retryable ``ArtifactStoreError`` or ``AttemptSupersededError`` when a checkpoint
+            upload failed.
     """
     import torch
 
@@ -230,8 +233,12 @@ def train(prepared: PreparedRun, trainer: Any, callback: DurabertCallback) -> Tr
         # Outside the handler: the exception's traceback pins the failed step's tensors.
         del trainer
         _release_device_memory(prepared.job.device)
+        # The restart resumes from (and reports) the newest checkpoint: it must be in the store.
+        callback.finish_uploads()
         restart_smaller(prepared, plan)
         trainer = build_trainer(prepared, callback)
+    # A stop or the end of training counts only once its last checkpoint is in the store.
+    callback.finish_uploads()
     if callback.stopped_at is not None:
         saved = checkpoints.newest_complete(prepared.checkpoints_dir)
         step = int(trained.trainer.state.global_step)
