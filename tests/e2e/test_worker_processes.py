@@ -1,13 +1,12 @@
 """The three workers as separate processes, started by their console scripts, as in production.
 
-A GPU worker is SIGKILLed after the first checkpoint (a dead node) and its replacement is
-sent SIGTERM mid-training (a preemption): the run still ends at the planned step, having
-retrained at most one checkpoint interval. Cancelling from the CLI frees the GPU, and two
-runs sharing one GPU slot train one after the other.
+Cancelling from the CLI frees the GPU, and two runs sharing one GPU slot train one after the
+other. Killed and preempted GPU workers are the subject of ``test_object_store_processes`` (a
+SIGKILL, resumed on another machine through the bucket), ``reliability/test_faults`` (the chaos
+soak's SIGKILLs) and ``reliability/test_long_runs_preemptions`` (six SIGTERMs).
 """
 
 import asyncio
-import signal
 import uuid
 from pathlib import Path
 from typing import Any
@@ -18,12 +17,8 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 
 from durabert.orchestrator.cli import execute
 from durabert.shared import names
-from durabert.shared.models import BertFineTuneResult
 from support.cluster import (
-    CHECKPOINT_STEPS,
     Cluster,
-    progress_of,
-    steps_trained,
     wait_progress,
 )
 from support.processes import WorkerProcess
@@ -52,49 +47,6 @@ async def _fine_tune_span(handle: WorkflowHandle[Any, Any]) -> tuple[Any, Any]:
         ):
             completed = event.event_time.ToDatetime()
     return started, completed
-
-
-async def test_killed_then_preempted_gpu_workers_lose_at_most_one_interval(
-    client: Client, cluster: Cluster, gpu_worker: WorkerProcess, tiny_model_dir: Path
-) -> None:
-    from durabert.gpu_worker import history  # the run's own record of what each attempt trained
-
-    run_id = f"crash-{uuid.uuid4().hex[:6]}"
-    # Long enough that the SIGTERM always lands mid-training, even on a fast, idle machine.
-    config = cluster.config(run_id, tiny_model_dir, max_steps=300)
-    handle = await cluster.start_run(client, config)
-
-    # A dead node: SIGKILL once the first checkpoint is complete, then a fresh worker.
-    first = await wait_progress(handle, lambda p: p.latest_checkpoint is not None)
-    assert first.latest_checkpoint is not None
-    gpu_worker.signal(signal.SIGKILL)
-    gpu_worker.wait(timeout=30)
-    second = cluster.start("gpu")
-
-    # A preemption: SIGTERM the replacement once it has trained past its resume point.
-    resumed = first.latest_checkpoint.step
-    before_term = await wait_progress(
-        handle, lambda p: p.attempt >= 2 and p.phase == "training" and p.step > resumed + 2
-    )
-    second.signal(signal.SIGTERM)
-    assert second.wait(timeout=60) == 0  # drained: checkpoint written, then a clean exit
-    stopped = second.wait_for(lambda line: line.get("event") == "training stopped", timeout=5)
-    assert stopped["checkpoint"] is not None
-    assert stopped["checkpoint_step"] >= before_term.step
-    cluster.start("gpu")
-
-    result: BertFineTuneResult = await asyncio.wait_for(handle.result(), timeout=240)
-    progress = await progress_of(handle)
-
-    assert result.global_step == config.max_steps
-    assert result.attempts == 3
-    # The last attempt resumed from the checkpoint saved at SIGTERM: nothing lost there.
-    assert result.resumed_from_step == stopped["checkpoint_step"]
-    assert progress.resumes == 2
-    records = history.read(cluster.settings.artifact_dir / "runs" / run_id)
-    # One kill costs at most one checkpoint interval; the SIGTERM costs nothing.
-    assert steps_trained(records) <= config.max_steps + CHECKPOINT_STEPS
-    assert (cluster.settings.artifact_dir / result.model_path / "config.json").is_file()
 
 
 async def test_cancel_from_the_cli_frees_the_gpu(

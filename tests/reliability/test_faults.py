@@ -36,7 +36,7 @@ from support.processes import WorkerProcess
 pytestmark = pytest.mark.slow
 
 SOAK_SEED = 7
-SOAK_KILLS = 5
+SOAK_KILLS = 3
 SOAK_STEPS = 600
 SOAK_INTERVAL = 20
 

@@ -24,13 +24,24 @@ pytestmark = pytest.mark.slow
 PREEMPTIONS = 6
 
 
-def _preempt_after_progress(worker: WorkerProcess, resumed: int) -> int:
-    """SIGTERM a GPU worker once it saved a checkpoint past ``resumed``; the step it stopped at."""
+def _preempt_after_progress(
+    cluster: Cluster, worker: WorkerProcess, resumed: int
+) -> tuple[int, WorkerProcess]:
+    """SIGTERM a GPU worker once it saved a checkpoint past ``resumed``, with a spare ready.
+
+    The spare starts once the doomed worker holds the attempt, and waits while it trains, as a
+    spare node of a pool would: it takes the retried attempt the moment the preemption reports.
+
+    Returns:
+        The step the worker stopped at, and the spare.
+    """
+    worker.wait_for(lambda line: line.get("event") == "training process started", 120)
+    spare = cluster.start("gpu")
     worker.wait_for(lambda line: line.get("event") == "checkpoint saved" and line["step"] > resumed, 120)
     worker.signal(signal.SIGTERM)
     assert worker.wait(timeout=60) == 0  # drained: checkpoint written, clean exit
     stopped = worker.wait_for(lambda line: line.get("event") == "training stopped on request", 5)
-    return int(stopped["step"])
+    return int(stopped["step"]), spare
 
 
 async def test_six_sigterms_with_max_attempts_2_complete_at_the_planned_step(
@@ -43,8 +54,8 @@ async def test_six_sigterms_with_max_attempts_2_complete_at_the_planned_step(
     worker = cluster.start("gpu")
     stops = [0]
     for _ in range(PREEMPTIONS):
-        stops.append(await asyncio.to_thread(_preempt_after_progress, worker, stops[-1]))
-        worker = cluster.start("gpu")
+        stop, worker = await asyncio.to_thread(_preempt_after_progress, cluster, worker, stops[-1])
+        stops.append(stop)
     result: BertFineTuneResult = await asyncio.wait_for(handle.result(), timeout=300)
     events = len((await handle.fetch_history()).events)
     print(

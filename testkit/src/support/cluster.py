@@ -84,18 +84,23 @@ class Cluster:
                 worker.stop()
 
 
-def make_cluster(address: str, root: Path, rows: int = 400, **env: str) -> Cluster:
-    """A cluster description (no worker started yet) against the server at ``address``."""
+def make_cluster(
+    address: str, root: Path, rows: int = 400, artifact_root: str | None = None, **env: str
+) -> Cluster:
+    """A cluster description (no worker started yet) against the server at ``address``.
+
+    ``artifact_root`` is a folder under ``root`` unless given (an object-store URL, say).
+    """
     suffix = uuid.uuid4().hex[:8]
     settings = DurabertSettings(
         temporal={"address": address},
-        artifact_root=root / "artifacts",
+        artifact_root=artifact_root or root / "artifacts",
         data_dir=root / "data",
         queues={"data": f"data-{suffix}", "gpu": f"gpu-{suffix}", "orchestrator": f"orch-{suffix}"},
     )
     base_env = {
         "DURABERT_TEMPORAL__ADDRESS": address,
-        "DURABERT_ARTIFACT_ROOT": str(settings.artifact_dir),
+        "DURABERT_ARTIFACT_ROOT": settings.artifact_root,
         "DURABERT_DATA_DIR": str(settings.data_dir),
         "DURABERT_QUEUES__DATA": settings.queues.data,
         "DURABERT_QUEUES__GPU": settings.queues.gpu,
