@@ -31,6 +31,8 @@ URLS = [
     "https://host.example.com/train.jsonl?token=tok-123456&page=2",
     "https://acct.blob.core.windows.net/c/train.jsonl?sv=2022&sig=sig-abcdef",
 ]
+LOADER_URLS = [url for url in URLS if url.startswith("https://")]
+"""URLs that datasets itself reads (object-store URLs are staged by the worker first)."""
 
 
 def _secrets_in(text: str) -> list[str]:
@@ -67,6 +69,8 @@ def _serve_rows(monkeypatch: pytest.MonkeyPatch, url: str) -> list[Any]:
         return datasets.DatasetDict({"train": datasets.Dataset.from_list(rows)})
 
     monkeypatch.setattr(datasets, "load_dataset", load)
+    # Online, whatever the shell says: offline, http(s) sources are refused before any loader runs.
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
     return seen
 
 
@@ -75,7 +79,7 @@ def _run_activity(settings: Any, request: DatasetSnapshotRequest) -> Any:
 
 
 @pytest.mark.usefixtures("backends_installed")
-@pytest.mark.parametrize("url", URLS)
+@pytest.mark.parametrize("url", LOADER_URLS)
 def test_a_snapshot_of_a_url_with_credentials_never_shows_them(
     url: str, local_settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -96,6 +100,24 @@ def test_a_snapshot_of_a_url_with_credentials_never_shows_them(
 
 
 @pytest.mark.usefixtures("backends_installed")
+def test_an_object_store_url_with_a_query_string_is_refused_without_its_secrets(
+    local_settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The worker reads s3:// with its own credentials; a signed query cannot be used and must not leak.
+    configure_logging("json", "DEBUG")
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("load_dataset was called"))
+    request = DatasetSnapshotRequest(
+        run_id="creds", dataset_name="json", data_files=URLS[2], text_field="sentence"
+    )
+    with pytest.raises(ApplicationError, match="query string") as caught:
+        _run_activity(local_settings, request)
+    assert caught.value.type == ErrorType.INVALID_INPUT
+    assert caught.value.message.startswith("data_files: ")
+    assert _secrets_in(caught.value.message) == []
+    assert _secrets_in(capsys.readouterr().err) == []
+
+
+@pytest.mark.usefixtures("backends_installed")
 @pytest.mark.parametrize("failure", [ValueError, FileNotFoundError, PermissionError])
 def test_a_loader_error_that_echoes_the_url_is_redacted(
     failure: type[Exception],
@@ -110,6 +132,7 @@ def test_a_loader_error_that_echoes_the_url_is_redacted(
         raise failure(f"Error reading {url}: 403 Forbidden (?X-Amz-Signature=amz-sig-999)")
 
     monkeypatch.setattr(datasets, "load_dataset", fail)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
     request = DatasetSnapshotRequest(
         run_id="creds", dataset_name="csv", data_files=[url], text_field="sentence"
     )

@@ -24,6 +24,7 @@ from durabert.data_worker.columns import Fields, encode_labels, request_fields, 
 from durabert.data_worker.failures import redacted_failure
 from durabert.data_worker.hashing import HASH_FORMAT, content_order, snapshot_id_for, stream_hash
 from durabert.data_worker.sources import describe_source, load_source, resolve_source, source_field
+from durabert.data_worker.staging import StagingArea
 from durabert.data_worker.store import SplitWriter, publish_snapshot, streaming_writer
 from durabert.data_worker.store_mirror import publish_to_store, snapshot_key
 from durabert.shared.artifacts import ArtifactStore
@@ -149,13 +150,14 @@ def _check_remote_code(request: DatasetSnapshotRequest, settings: DurabertSettin
 
 
 def _load_labelled(
-    request: DatasetSnapshotRequest, settings: DurabertSettings, progress: Progress
+    request: DatasetSnapshotRequest, settings: DurabertSettings, progress: Progress, staging: StagingArea
 ) -> _Labelled:
-    """Check the request, confine and load its source, keep its columns and encode its labels."""
+    """Check the request, confine, stage and load its source, keep its columns and encode its labels."""
     _check_remote_code(request, settings)
     fields = request_fields(request)  # before anything is read: a bad pairing needs no data
     data_dir = settings.data_dir.expanduser().resolve()
-    resolved = resolve_source(request, settings.data_roots, data_dir, settings.data_url_roots)
+    confined = resolve_source(request, settings.data_roots, data_dir, settings.data_url_roots)
+    resolved = staging.stage(confined)  # object-store files as local copies: datasets may be offline
     source = describe_source(request)
     progress("loading")
     loaded = load_source(request, resolved, trust_remote_code=request.trust_remote_code)
@@ -242,7 +244,15 @@ def _result(
 def _build(
     request: DatasetSnapshotRequest, settings: DurabertSettings, progress: Progress
 ) -> DatasetSnapshotResult:
-    labelled = _load_labelled(request, settings, progress)
+    # Staged files and their datasets cache back the loaded tables until the snapshot is written.
+    with StagingArea(settings, progress) as staging:
+        return _build_from(request, settings, progress, staging)
+
+
+def _build_from(
+    request: DatasetSnapshotRequest, settings: DurabertSettings, progress: Progress, staging: StagingArea
+) -> DatasetSnapshotResult:
+    labelled = _load_labelled(request, settings, progress, staging)
     columns = labelled.fields.stored
     # The tables stay as loaded (chunked, memory-mapped from the datasets cache): ordering, hashing
     # and writing read them in place and copy one batch at a time, so memory never holds a second

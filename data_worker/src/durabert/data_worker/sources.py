@@ -18,7 +18,13 @@ fsspec scheme or chain (``local://``, ``zip://...::/path``) is refused, because 
 local files through it without the roots being checked. Object-store URLs (``s3://``, ``gs://``,
 ``az://``) are read with the worker's own credentials (the ``AWS_*`` variables for S3, as for the
 artifact store) and, when the allowed data roots list URL prefixes, only under them
-(:mod:`.url_roots`).
+(:mod:`.url_roots`); the worker downloads such ``data_files`` itself (:mod:`.staging`), because
+``datasets`` refuses every URL in offline mode. An object-store folder as ``dataset_name`` is
+refused: ``datasets`` cannot load one (name a packaged loader and its files instead).
+
+A loader that still meets offline mode (an ``http(s)://`` file, an uncached hub dataset with
+``HF_HUB_OFFLINE=1``) fails with a ``ConfigurationError`` that says so (:mod:`.failures`): no
+retry can fix it.
 """
 
 import functools
@@ -31,7 +37,8 @@ from typing import Any, Final
 
 import pyarrow as pa
 
-from durabert.data_worker.url_roots import confine_url
+from durabert.data_worker.failures import offline_error, offline_refusal
+from durabert.data_worker.url_roots import confine_url, store_url_parts
 from durabert.shared.errors import configuration_error, invalid_input
 from durabert.shared.models import FILE_LOADERS, DataFiles, DatasetSnapshotRequest
 from durabert.shared.redaction import redact
@@ -90,6 +97,8 @@ class ResolvedSource:
     """``load_dataset``'s first argument: a loader name, an absolute folder, a hub id or a URL."""
     data_files: DataFiles | None
     """Data files, local entries as the absolute files they name."""
+    cache_dir: str | None = None
+    """The ``datasets`` cache to load into; None for the worker's own (staged files have their own)."""
 
 
 def describe_source(request: DatasetSnapshotRequest) -> str:
@@ -284,12 +293,13 @@ def _resolve_list(entries: list[str], roots: Sequence[Path], base: Path) -> list
     return [file for entry in entries for file in _resolve_entry(entry, roots, base)]
 
 
-def _entries(data_files: DataFiles) -> list[str]:
+def data_file_entries(data_files: DataFiles) -> list[str]:
+    """Every entry of ``data_files`` (a path, a list, or split name to path(s)), in order."""
     if isinstance(data_files, str):
         return [data_files]
     if isinstance(data_files, list):
         return list(data_files)
-    return [entry for value in data_files.values() for entry in _entries(value)]
+    return [entry for value in data_files.values() for entry in data_file_entries(value)]
 
 
 def _loader_files(request: DatasetSnapshotRequest, roots: Sequence[Path], data_dir: Path) -> DataFiles:
@@ -308,7 +318,7 @@ def _hub_files(data_files: DataFiles | None, name: str) -> DataFiles | None:
 
     ``datasets`` joins them to the repository; an absolute path or ``..`` would leave it.
     """
-    for entry in _entries(data_files) if data_files else []:
+    for entry in data_file_entries(data_files) if data_files else []:
         if _remote(entry, "data_files"):
             continue
         parts = PurePosixPath(entry.replace("\\", "/")).parts
@@ -368,8 +378,9 @@ def resolve_source(
     """
     resolved = _resolve_source(request, roots, data_dir)
     confine_url(resolved.path, "dataset_name", url_roots, roots)
-    for entry in _entries(resolved.data_files) if resolved.data_files else []:
+    for entry in data_file_entries(resolved.data_files) if resolved.data_files else []:
         confine_url(entry, "data_files", url_roots, roots)
+    _refuse_store_folder(resolved.path)  # after confinement: a URL outside the roots is told so first
     return resolved
 
 
@@ -385,6 +396,17 @@ def _resolve_source(request: DatasetSnapshotRequest, roots: Sequence[Path], data
         return ResolvedSource(str(folder), files)
     _refuse_current_directory(name)
     return ResolvedSource(name, _hub_files(request.data_files, name))
+
+
+def _refuse_store_folder(name: str) -> None:
+    """Refuse an object-store URL as ``dataset_name``: ``datasets`` has no loader for one."""
+    if store_url_parts(name) is not None:
+        raise invalid_input(
+            f"{redact(name)!r} is an object-store folder, which is not a dataset name; give the loader as "
+            f"dataset_name (json, csv, parquet, ...) and the files as data_files, e.g. "
+            f"{redact(name.rstrip('/'))}/*.jsonl",
+            field="dataset_name",
+        )
 
 
 def _check_folder_links(folder: Path, roots: Sequence[Path]) -> None:
@@ -404,6 +426,41 @@ def _check_folder_links(folder: Path, roots: Sequence[Path]) -> None:
 def _load_dataset_dict(
     request: DatasetSnapshotRequest, source: ResolvedSource, trust_remote_code: bool
 ) -> Any:
+    """Call ``load_dataset``; a refusal of offline mode, wherever it hides, is a configuration error."""
+    from datasets import config
+
+    url = _web_url(source)
+    if url is not None and config.HF_HUB_OFFLINE:
+        # Refused before datasets tries: offline, it fails on such a URL in ways that depend on the
+        # network (a FileNotFoundError when the host is unreachable), some of which look retryable.
+        refusal = ConnectionError(f"Offline mode is enabled. Tried to reach {url}")
+        raise offline_error(refusal, describe_source(request))
+    try:
+        return _load_or_refuse(request, source, trust_remote_code)
+    except Exception as exc:
+        # datasets wraps it (ConnectionError, DatasetGenerationError, our InvalidInputError's cause):
+        # look at the whole chain, as the loader left it.
+        if offline_refusal(exc):
+            raise offline_error(exc, describe_source(request)) from exc
+        raise
+
+
+def _loader_options(source: ResolvedSource, trust_remote_code: bool) -> dict[str, Any]:
+    """``load_dataset``'s options beyond the source: remote code, the cache of staged files."""
+    # Passed on only when asked for and allowed (datasets 4+ ignores it and runs no scripts).
+    options: dict[str, Any] = {"trust_remote_code": True} if trust_remote_code else {}
+    if source.cache_dir is not None:
+        options["cache_dir"] = source.cache_dir
+    return options
+
+
+def _web_url(source: ResolvedSource) -> str | None:
+    """The first ``http(s)://`` URL a source names (loader path or data file), if any."""
+    entries = [source.path, *(data_file_entries(source.data_files) if source.data_files else [])]
+    return next((entry for entry in entries if entry.lower().startswith(("http://", "https://"))), None)
+
+
+def _load_or_refuse(request: DatasetSnapshotRequest, source: ResolvedSource, trust_remote_code: bool) -> Any:
     """Call ``load_dataset``, turning each way it fails on bad input into a non-retryable error."""
     # datasets is imported here, not at module level: it takes seconds to import and the
     # worker's other modules (and their tests) do not need it.
@@ -412,10 +469,13 @@ def _load_dataset_dict(
 
     disable_progress_bars()  # tqdm bars would interleave with the worker's JSON log lines
     described = describe_source(request)
-    # Passed on only when asked for and allowed (datasets 4+ ignores it and runs no scripts).
-    kwargs: dict[str, Any] = {"trust_remote_code": True} if trust_remote_code else {}
     try:
-        return load_dataset(source.path, request.dataset_config_name, data_files=source.data_files, **kwargs)
+        return load_dataset(
+            source.path,
+            request.dataset_config_name,
+            data_files=source.data_files,
+            **_loader_options(source, trust_remote_code),
+        )
     except (DatasetNotFoundError, DataFilesNotFoundError) as exc:
         raise invalid_input(
             f"cannot find {described}: {_first_line(exc)}", field=source_field(request)
