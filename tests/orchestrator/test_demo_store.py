@@ -87,8 +87,6 @@ def test_the_s3_demo_gives_the_workers_the_store_and_its_data_prefix(tmp_path: P
     assert json.loads(env["DURABERT_ALLOWED_DATA_ROOTS"]) == [f"s3://{DEMO_BUCKET}/data"]
     assert env["AWS_ENDPOINT_URL"].startswith("http://127.0.0.1:")
     assert env["AWS_ACCESS_KEY_ID"]
-    # The data worker reads the demo data from the bucket: datasets must not be in offline mode.
-    assert store.role_env == {"data": {"HF_HUB_OFFLINE": "0"}}
     assert env["AWS_SECRET_ACCESS_KEY"]
     # A worker refuses an unknown or bad DURABERT_* variable at start-up: these all parse.
     durabert_env = {name: value for name, value in env.items() if name.startswith("DURABERT_")}
@@ -102,8 +100,8 @@ def test_the_s3_demo_gives_the_workers_the_store_and_its_data_prefix(tmp_path: P
         assert DurabertSettings().artifact_url == f"s3://{DEMO_BUCKET}/artifacts"
 
 
-WORKERS = (("data", "0"), ("gpu", "1"), ("gpu-2", "1"))
-"""Each stand-in's log name and the HF_HUB_OFFLINE it should see."""
+WORKERS = ("data", "gpu", "gpu-2")
+"""Each stand-in's log name (and work folder)."""
 
 
 def test_each_worker_process_gets_a_work_folder_of_its_own(
@@ -111,23 +109,22 @@ def test_each_worker_process_gets_a_work_folder_of_its_own(
 ) -> None:
     # A stand-in worker that writes down the work folder it was given.
     script = tmp_path / "worker"
-    script.write_text('#!/bin/sh\necho "$DURABERT_WORK_DIR $HF_HUB_OFFLINE"\n')
+    script.write_text('#!/bin/sh\necho "$DURABERT_WORK_DIR"\n')
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setattr(demo, "worker_script", lambda role: script)
     processes = demo.Processes(
-        env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"},
+        env={"PATH": "/usr/bin:/bin"},
         log_dir=tmp_path,
         work_root=tmp_path / "work",
-        role_env={"data": {"HF_HUB_OFFLINE": "0"}},
     )
     for role, tag in (("data", ""), ("gpu", ""), ("gpu", "-2")):
         processes.start(role, tag=tag).wait(timeout=30)
     processes.stop_all()
     work_dirs = [(tmp_path / log).read_text().strip() for log in ("data.log", "gpu.log", "gpu-2.log")]
-    assert work_dirs == [f"{tmp_path / 'work' / name} {offline}" for name, offline in WORKERS]
+    assert work_dirs == [str(tmp_path / "work" / name) for name in WORKERS]
     # The local demo sets none: the workers keep today's default.
     shared = demo.Processes(env={"PATH": "/usr/bin:/bin"}, log_dir=tmp_path / "local")
     (tmp_path / "local").mkdir()
     shared.start("data").wait(timeout=30)
     shared.stop_all()
-    assert (tmp_path / "local" / "data.log").read_text().strip() == ""  # no folder, no offline flag
+    assert (tmp_path / "local" / "data.log").read_text().strip() == ""  # no folder of its own

@@ -121,8 +121,6 @@ class Processes:
     """Folder of the workers' JSON logs."""
     work_root: Path | None = None
     """Set: each process gets ``DURABERT_WORK_DIR=<work_root>/<role><tag>``, a folder of its own."""
-    role_env: dict[str, dict[str, str]] = field(default_factory=dict)
-    """Variables for one role's processes only, over ``env``."""
     running: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     """The newest process of each role."""
     started: list[subprocess.Popen[bytes]] = field(default_factory=list)
@@ -136,7 +134,7 @@ class Processes:
         log = log_path.open("wb")
         self.logs.append(log)
         script = worker_script(role)
-        env = self.env | self.role_env.get(role, {})
+        env = dict(self.env)
         if self.work_root is not None:
             env["DURABERT_WORK_DIR"] = str(self.work_root / f"{role}{tag}")
         process = subprocess.Popen([str(script)], env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -304,7 +302,7 @@ async def run_demo(kill: bool, state_dir: Path, data_dir: Path, store_kind: Stor
             say(f"artifact store {store.artifact_root} on a local S3 API; demo data at {data_source}")
         settings, env = demo_settings(server, store, data_dir)
         work_root = state_dir / "work" if store.is_remote else None
-        processes = Processes(env=env, log_dir=log_dir, work_root=work_root, role_env=store.role_env)
+        processes = Processes(env=env, log_dir=log_dir, work_root=work_root)
         say(f"Temporal dev server up at {server.address} (pid {server.start()})")
         stack.callback(server.stop)
         stack.callback(processes.stop_all)

@@ -41,8 +41,6 @@ class DemoStore:
     """The store at the artifact root, for the report; None for a folder."""
     data: ObjectStore | None = None
     """The store at the data prefix, where the demo data is uploaded; None for a folder."""
-    role_env: dict[str, dict[str, str]] = field(default_factory=dict)
-    """Variables for one worker role only, over ``env``."""
 
     @property
     def is_remote(self) -> bool:
@@ -122,9 +120,6 @@ def s3_store() -> Iterator[DemoStore]:
             env=env,
             artifacts=ObjectStore(f"s3://{DEMO_BUCKET}/artifacts", filesystem=filesystem),
             data=ObjectStore(f"s3://{DEMO_BUCKET}/data", filesystem=filesystem),
-            # datasets refuses every remote URL, s3:// included, in offline mode: the data worker
-            # reads the demo data from the bucket (nothing from the Hub: the json loader is packaged).
-            role_env={"data": {"HF_HUB_OFFLINE": "0"}},
         )
     finally:
         server.stop()
