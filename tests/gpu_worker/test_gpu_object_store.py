@@ -16,9 +16,11 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from durabert.gpu_worker import checkpoints, history
+from durabert.gpu_worker import mirror as mirror_module
 from durabert.gpu_worker.activities import GpuActivities
 from durabert.gpu_worker.events import CheckpointEvent, StoppedEvent, TrainingStopped
 from durabert.gpu_worker.fencing import RunFence, read_store_fence
+from durabert.gpu_worker.mirror import RunMirror
 from durabert.gpu_worker.model_folder import MODEL_MANIFEST
 from durabert.gpu_worker.supervisor import ChildExited, TrainingChild
 from durabert.gpu_worker.training import run_training
@@ -26,7 +28,7 @@ from durabert.gpu_worker.worker import check_store_access
 from durabert.shared.artifacts import ArtifactStore
 from durabert.shared.models import AttemptFence, BertInferenceRequest
 from durabert.shared.object_store import ObjectStore
-from durabert.shared.settings import DurabertSettings
+from durabert.shared.settings import DurabertSettings, StoreSettings
 
 CHECKPOINTS = "runs/run-1/checkpoints"
 
@@ -251,3 +253,74 @@ async def test_a_stopped_child_exits_once_its_checkpoint_is_in_the_store(s3_root
     assert stopped is not None
     assert stopped.checkpoint is not None
     assert objects.is_complete(stopped.checkpoint)
+
+
+class RecordedLog:
+    """Stands in for a module's structlog logger: keeps the warnings' events."""
+
+    def __init__(self) -> None:
+        self.warnings: list[str] = []
+
+    def info(self, event: str, **fields: object) -> None:
+        pass
+
+    def warning(self, event: str, **fields: object) -> None:
+        self.warnings.append(event)
+
+
+def put_checkpoint(objects: ObjectStore, tmp_path, step: int, *, marker: bool = True) -> str:
+    """Put a small ``checkpoint-<step>`` of run-1 in the store (without its marker: an upload cut short)."""
+    folder = tmp_path / "writer" / f"checkpoint-{step}"
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(b"weights at step %d" % step)
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    key = f"{CHECKPOINTS}/checkpoint-{step}"
+    if marker:
+        objects.upload_folder(folder, key)
+    else:
+        for path in folder.iterdir():
+            objects.write_bytes(f"{key}/{path.name}", path.read_bytes())
+    return key
+
+
+def test_the_requested_checkpoint_comes_from_the_store_and_one_it_lacks_is_named_so(tmp_path, monkeypatch):
+    objects = ObjectStore(f"file://{tmp_path / 'bucket'}")
+    older, newest = put_checkpoint(objects, tmp_path, 4), put_checkpoint(objects, tmp_path, 8)
+    cut_short = put_checkpoint(objects, tmp_path, 12, marker=False)
+    local = ArtifactStore(tmp_path / "fresh-node" / "artifacts")
+    mirror = RunMirror(objects, local, StoreSettings())
+    logged = RecordedLog()
+    monkeypatch.setattr(mirror_module, "log", logged)
+    monkeypatch.setattr(checkpoints, "log", logged)
+
+    # The workflow knows checkpoint-4 (the last heartbeat's); the child saved checkpoint-8 after
+    # its parent died. A fresh node's empty copy gets both: both are candidates, as on a folder.
+    requested = mirror.pull_checkpoints("run-1", older)
+    assert requested == local.resolve(older)
+    assert checkpoints.is_complete(requested)
+    assert checkpoints.is_complete(local.resolve(newest))
+    assert checkpoints.choose_resume_checkpoint(local.checkpoints_dir("run-1"), requested).step == 8
+    assert logged.warnings == []
+
+    # Requested but not usable: the log says why, and nothing else claims otherwise.
+    assert mirror.pull_checkpoints("run-1", cut_short) is None
+    assert mirror.pull_checkpoints("run-1", f"{CHECKPOINTS}/checkpoint-16") is None
+    assert logged.warnings == [
+        "ignoring requested checkpoint: incomplete in the store",
+        "ignoring requested checkpoint: not in the store",
+    ]
+
+    # The same words on a shared folder, where the artifact folder is the store.
+    logged.warnings.clear()
+    directory = local.checkpoints_dir("run-1")
+    (directory / "checkpoint-10").mkdir()  # files of a save that never finished: no marker
+    (directory / "checkpoint-10" / "model.safetensors").write_bytes(b"half")
+    for missing in ("checkpoint-10", "checkpoint-16"):
+        assert (
+            checkpoints.choose_resume_checkpoint(local.checkpoints_dir("other-run"), directory / missing)
+            is None
+        )
+    assert [warning.split(" (")[0] for warning in logged.warnings] == [
+        "ignoring requested checkpoint: incomplete",
+        "ignoring requested checkpoint: not in the store",
+    ]

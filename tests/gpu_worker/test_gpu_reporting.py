@@ -1,5 +1,9 @@
 """The attempt's live heartbeat and its stall watchdog, without a child process."""
 
+import asyncio
+
+import pytest
+
 from durabert.gpu_worker.events import CheckpointEvent, ProgressEvent, PulseEvent, StartedEvent, StoppedEvent
 from durabert.gpu_worker.reporting import HeartbeatReporter, StallWatchdog
 from durabert.shared.models import SLOW_PHASE_FACTOR, TrainingHeartbeat
@@ -64,3 +68,23 @@ def test_the_watchdog_allows_slow_phases_more_silence_than_steps():
     clock.now += 11
     assert watchdog.silent_for() is None
     assert watchdog.limit == 10 * SLOW_PHASE_FACTOR
+
+
+async def test_the_reporter_heartbeats_until_the_work_it_waits_for_is_done():
+    work: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    sent: list[TrainingHeartbeat] = []
+
+    def heartbeat(details):
+        sent.append(TrainingHeartbeat(**details))
+        if len(sent) == 3:
+            work.set_result("child started")
+
+    live = HeartbeatReporter("run-1", attempt=1, heartbeat=heartbeat)
+    assert await live.beat_until_done(work, interval=0.01) == "child started"
+    assert len(sent) == 3  # at once, then on each interval while waiting; none after
+    assert sent[0].phase == "starting"
+
+    failing: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    failing.set_exception(RuntimeError("no such snapshot"))
+    with pytest.raises(RuntimeError, match="no such snapshot"):
+        await live.beat_until_done(failing, interval=0.01)

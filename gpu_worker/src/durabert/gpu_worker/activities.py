@@ -11,9 +11,9 @@ from multiprocessing.context import BaseContext
 
 from temporalio import activity
 
-from durabert.gpu_worker.attempt import TrainingAttempt
+from durabert.gpu_worker.attempt import POLL_SECONDS, TrainingAttempt
 from durabert.gpu_worker.data import locate_snapshot
-from durabert.gpu_worker.device import select_device
+from durabert.gpu_worker.device import Device, select_device
 from durabert.gpu_worker.events import TrainJob
 from durabert.gpu_worker.inference import ModelCache, predict
 from durabert.gpu_worker.mirror import open_mirror
@@ -72,24 +72,49 @@ class GpuActivities:
         # The workflow retries training itself (each call carries its attempt number); a
         # server-side retry of the same call would add to it.
         attempt = request.attempt + activity.info().attempt - 1
-        device = select_device(request.config.use_gpu, self.settings.gpu.device)
-        # Fail fast, before a child process starts, on what the parent can check cheaply. With an
-        # object store that is the snapshot's marker (one read, in a thread: the loop heartbeats);
-        # the child downloads it, in a phase the stall watchdog gives time.
-        if self.mirror is None:
-            locate_snapshot(self.store, request.dataset_snapshot)
-        else:
-            await asyncio.to_thread(self.mirror.check_snapshot, request.dataset_snapshot)
-        resolve_model_source(request.config.model_name, self.store)
+        reporter = HeartbeatReporter(request.run_id, attempt)
+        # The server times an attempt out on its heartbeats alone, counted from the start: the
+        # checks below block for seconds on a fresh worker (torch's first import, a slow store),
+        # so they run in a thread while the event loop heartbeats.
+        checking = asyncio.ensure_future(asyncio.to_thread(self._check_request, request))
+        try:
+            device = await reporter.beat_until_done(checking, POLL_SECONDS)
+        except asyncio.CancelledError:
+            checking.cancel()
+            raise
         job = TrainJob(request=request, settings=self.settings, device=device, attempt=attempt)
         log.info("fine-tuning attempt starting", run_id=request.run_id, attempt=attempt, device=device)
         supervised = TrainingAttempt(
             TrainingChild(job, self.child_context),
-            HeartbeatReporter(request.run_id, attempt),
+            reporter,
             StallWatchdog(request.config.stall_timeout_seconds),
             stop_seconds=self.settings.worker.child_stop_seconds,
         )
         return await supervised.run()
+
+    def _check_request(self, request: BertFineTuneRequest) -> Device:
+        """Choose the device and fail fast, before a child starts, on what the parent can check cheaply.
+
+        Blocking: the device probe imports torch (seconds on a fresh worker) and, with an object
+        store, the snapshot's marker is read (the child downloads the snapshot, in a phase the
+        stall watchdog gives time). Run it off the event loop.
+
+        Args:
+            request: The attempt's request.
+
+        Returns:
+            The device to train on.
+
+        Raises:
+            ApplicationError: ``ConfigurationError``/``ArtifactNotFoundError``/``DeviceUnavailableError``.
+        """
+        device = select_device(request.config.use_gpu, self.settings.gpu.device)
+        if self.mirror is None:
+            locate_snapshot(self.store, request.dataset_snapshot)
+        else:
+            self.mirror.check_snapshot(request.dataset_snapshot)
+        resolve_model_source(request.config.model_name, self.store)
+        return device
 
     @activity.defn(name=names.RUN_BERT_INFERENCE)
     async def run_bert_inference(self, request: BertInferenceRequest) -> BertInferenceResult:
@@ -105,6 +130,11 @@ class GpuActivities:
             ApplicationError: ``ArtifactNotFoundError`` (not retried) when the run has no finished model.
         """
         bind_run_id(request.run_id)
+        # The device probe (torch's first import) and forward passes block: run them in a thread
+        # so the event loop keeps heartbeating other work, a training attempt's included.
+        return await asyncio.to_thread(self._infer, request)
+
+    def _infer(self, request: BertInferenceRequest) -> BertInferenceResult:
+        """Choose the device and classify (blocking)."""
         device = select_device(request.use_gpu, self.settings.gpu.device)
-        # Forward passes block: run them in a thread so the event loop keeps heartbeating other work.
-        return await asyncio.to_thread(predict, self.cache, request, device)
+        return predict(self.cache, request, device)

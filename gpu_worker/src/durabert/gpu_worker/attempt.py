@@ -132,15 +132,12 @@ class TrainingAttempt:
         """
         starting = asyncio.create_task(self.child.start())
         try:
-            while not starting.done():
-                self.reporter.heartbeat()
-                await asyncio.wait({starting}, timeout=POLL_SECONDS)
+            await self.reporter.beat_until_done(starting, POLL_SECONDS)
         except asyncio.CancelledError:
             # Let the start finish, so the child exists and can be told to stop (never orphaned).
             with contextlib.suppress(Exception):
                 await asyncio.shield(starting)
             raise
-        await starting
         self.reporter.state.pid = self.child.pid
         self.reporter.heartbeat()
 

@@ -258,6 +258,25 @@ def newest_complete(directory: Path) -> Checkpoint | None:
     return complete[-1] if complete else None
 
 
+def requested_problem(requested: Path) -> str | None:
+    """Say why a requested checkpoint cannot be resumed from, if it cannot.
+
+    Args:
+        requested: The checkpoint folder a request names (in this worker's artifact folder).
+
+    Returns:
+        ``not a checkpoint folder``, ``not in the store`` (no such folder), ``incomplete`` (no
+        completion marker, or files missing or of another size), or None when it is complete.
+    """
+    if checkpoint_step(requested) is None:
+        return "not a checkpoint folder (checkpoint-<step>)"
+    if not requested.is_dir():
+        return "not in the store"
+    if not is_complete(requested):
+        return "incomplete (no completion marker, or files missing or cut short)"
+    return None
+
+
 def choose_resume_checkpoint(directory: Path, requested: Path | None) -> Checkpoint | None:
     """Pick the checkpoint to resume from after clearing out incomplete ones.
 
@@ -275,9 +294,9 @@ def choose_resume_checkpoint(directory: Path, requested: Path | None) -> Checkpo
     remove_incomplete(directory)
     candidates = [checkpoint for checkpoint in list_checkpoints(directory) if checkpoint.complete]
     if requested is not None:
-        step = checkpoint_step(requested)
-        if step is None or not requested.is_dir() or not is_complete(requested):
-            log.warning("ignoring requested checkpoint: not a complete checkpoint", path=str(requested))
+        step, problem = checkpoint_step(requested), requested_problem(requested)
+        if step is None or problem is not None:
+            log.warning(f"ignoring requested checkpoint: {problem}", path=str(requested))
         elif requested.resolve() not in {checkpoint.path.resolve() for checkpoint in candidates}:
             candidates.append(Checkpoint(step, requested))
     for checkpoint in sorted(candidates, key=lambda candidate: candidate.step, reverse=True):

@@ -11,7 +11,8 @@ sync point                  where it runs                 what moves
 attempt start (fail fast)   activity (parent)             nothing: the snapshot's marker is read
 prepare                     training child                ``snapshots/<id>`` down (cached by id),
                                                           ``history.jsonl`` down, the newest
-                                                          complete checkpoint down
+                                                          complete checkpoint and the requested
+                                                          one down
 each published checkpoint   child's uploader thread       ``checkpoint-<step>`` up, then history
                                                           up, then rotation and leftovers in store
 final model                 training child (publishing)   ``model/`` up (marker last), history up
@@ -145,17 +146,23 @@ class RunMirror:
                 found.append((step, name))
         return sorted(found)
 
-    def pull_checkpoints(self, run_id: str, requested: str | None) -> None:
+    def pull_checkpoints(self, run_id: str, requested: str | None) -> Path | None:
         """Make the local copy's checkpoints those the store holds complete, with the newest present.
 
         Local checkpoints the store does not hold complete (an upload that never finished) are
         removed, so an attempt resumes only from, and reports only, checkpoints in the store.
-        The newest complete one is downloaded unless the copy has it; a requested checkpoint
-        outside the run's folder is downloaded when it is newer. Call it under the fence.
+        The newest complete one is downloaded unless the copy has it, and so is the requested
+        one (the checkpoint the workflow knows of, maybe older or newer): both are candidates
+        to resume from, as they are on a shared folder. Call it under the fence.
 
         Args:
             run_id: The run.
             requested: ``request.resume_from_checkpoint`` (a key), if any.
+
+        Returns:
+            The requested checkpoint's folder in the local copy when it is complete there now;
+            None without a request, or when the store does not hold it complete (logged: not in
+            the store, or incomplete there).
         """
         complete = self.complete_checkpoints(run_id)
         in_store = {name for _, name in complete}
@@ -164,20 +171,30 @@ class RunMirror:
             if checkpoint.path.name not in in_store:
                 log.warning("dropping local checkpoint the store does not hold", step=checkpoint.step)
                 shutil.rmtree(checkpoint.path, ignore_errors=True)
-        newest = complete[-1] if complete else None
-        if newest is not None:
-            self._pull_checkpoint(self.key_of(directory / newest[1]), directory / newest[1])
-        if requested is not None:
-            step = checkpoints.checkpoint_step(Path(requested))
-            if step is not None and (newest is None or step > newest[0]):
-                self._pull_checkpoint(requested, self.local.resolve(requested))
+        if complete:
+            newest = self.key_of(directory / complete[-1][1])
+            if not self._pull_checkpoint(newest, directory / complete[-1][1]):
+                log.warning("checkpoint is not complete in the store; not resuming from it", key=newest)
+        return None if requested is None else self._pull_requested(requested)
 
-    def _pull_checkpoint(self, key: str, folder: Path) -> None:
+    def _pull_requested(self, requested: str) -> Path | None:
+        """Bring the requested checkpoint into the local copy; None, and why logged, if the store lacks it."""
+        folder = self.local.resolve(requested)
+        key = self.key_of(folder)
+        if checkpoints.checkpoint_step(folder) is None or self._pull_checkpoint(key, folder):
+            return folder  # complete here now; or no checkpoint's name at all, which the resume says
+        # A download needs the store's marker: without it, files under the key are an upload
+        # that never finished, and no files at all a checkpoint the store never held (or rotated).
+        where = "incomplete in the store" if self.objects.list_children(key) else "not in the store"
+        log.warning(f"ignoring requested checkpoint: {where}", key=key, store=self.objects.url_of(key))
+        return None
+
+    def _pull_checkpoint(self, key: str, folder: Path) -> bool:
+        """Download a checkpoint unless the copy has it complete; whether it is complete here now."""
         if checkpoints.is_complete(folder):
-            return
+            return True
         log.info("downloading checkpoint", key=key)
-        if self.objects.download_folder(key, folder) is None:
-            log.warning("checkpoint is not complete in the store; not resuming from it", key=key)
+        return self.objects.download_folder(key, folder) is not None
 
     def push_checkpoint(self, run_id: str, folder: Path, writer: dict[str, Any], keep: int) -> None:
         """Upload a published checkpoint (marker last), the history, then rotate the store.

@@ -130,6 +130,8 @@ class PreparedRun:
     """Times this attempt started over with a smaller per-device batch."""
     mirror: RunMirror | None = None
     """The object store behind the local copy ``store`` is; None with a local artifact root."""
+    requested: Path | None = None
+    """The requested checkpoint (``resume_from_checkpoint``) in ``store``, if it is to be considered."""
 
     @property
     def precision(self) -> Precision:
@@ -178,10 +180,8 @@ def finished_state(checkpoint: Path, config: BertFineTuneConfig) -> dict[str, An
     return state if float(state.get("num_train_epochs") or 0) >= config.num_epochs else None
 
 
-def _resume_point(job: TrainJob, store: ArtifactStore) -> checkpoints.Checkpoint | None:
-    request = job.request
-    requested = store.resolve(request.resume_from_checkpoint) if request.resume_from_checkpoint else None
-    return checkpoints.choose_resume_checkpoint(store.checkpoints_dir(request.run_id), requested)
+def _resume_point(store: ArtifactStore, run_id: str, requested: Path | None) -> checkpoints.Checkpoint | None:
+    return checkpoints.choose_resume_checkpoint(store.checkpoints_dir(run_id), requested)
 
 
 def _fresh_staging(store: ArtifactStore, run_id: str) -> Path:
@@ -263,7 +263,7 @@ def restart_smaller(prepared: PreparedRun, plan: TrainingPlan) -> None:
     """
     job = prepared.job
     with prepared.fence.guard("restart after running out of device memory"):
-        resume = _resume_point(job, prepared.store)
+        resume = _resume_point(prepared.store, job.request.run_id, prepared.requested)
         # Whatever the failed Trainer left unpublished goes; published checkpoints stay.
         shutil.rmtree(prepared.staging, ignore_errors=True)
         prepared.staging.mkdir(parents=True)
@@ -307,11 +307,19 @@ def _tokenize(job: TrainJob, files: SnapshotFiles, tokenizer: Any, cache_dir: Pa
         raise
 
 
-def _pull_run(mirror: RunMirror | None, job: TrainJob) -> None:
-    """Bring the run's history and newest complete checkpoint from the object store (under the fence)."""
-    if mirror is not None:
-        mirror.pull_history(job.request.run_id)
-        mirror.pull_checkpoints(job.request.run_id, job.request.resume_from_checkpoint)
+def _pull_run(mirror: RunMirror | None, job: TrainJob, store: ArtifactStore) -> Path | None:
+    """Bring the run's history and checkpoints from the object store, if any (under the fence).
+
+    Returns:
+        The requested checkpoint's folder to consider resuming from: in the artifact folder
+        itself with a local root; with an object store, in the local copy when the store holds
+        it complete (else None: the mirror said why).
+    """
+    requested = job.request.resume_from_checkpoint
+    if mirror is None:
+        return store.resolve(requested) if requested else None
+    mirror.pull_history(job.request.run_id)
+    return mirror.pull_checkpoints(job.request.run_id, requested)
 
 
 def _open_store(job: TrainJob) -> tuple[ArtifactStore, RunMirror | None]:
@@ -331,8 +339,9 @@ def _open_store(job: TrainJob) -> tuple[ArtifactStore, RunMirror | None]:
 def prepare(job: TrainJob, emit: Emit) -> PreparedRun:
     """Take the run folder over, load the model and data, and decide where to resume.
 
-    With an object-store root, the snapshot, the run's history and its newest complete
-    checkpoint are first brought into the worker's local copy (see :mod:`.mirror`).
+    With an object-store root, the snapshot, the run's history, its newest complete
+    checkpoint and the requested one are first brought into the worker's local copy (see
+    :mod:`.mirror`).
 
     Args:
         job: The attempt's job.
@@ -356,8 +365,8 @@ def prepare(job: TrainJob, emit: Emit) -> PreparedRun:
     fence = RunFence(store, request.run_id, request.fence, mirror.objects if mirror else None)
     fence.take_over()
     with fence.guard("prepare the run folder"):
-        _pull_run(mirror, job)
-        resume = _resume_point(job, store)
+        requested = _pull_run(mirror, job, store)
+        resume = _resume_point(store, request.run_id, requested)
         staging = _fresh_staging(store, request.run_id)
         cache_dir = _fresh_cache(job, staging)
         attempt_seq = _record_attempt(job, store.run_dir(request.run_id), resume)
@@ -383,4 +392,5 @@ def prepare(job: TrainJob, emit: Emit) -> PreparedRun:
         staging=staging,
         cache_dir=cache_dir,
         mirror=mirror,
+        requested=requested,
     )

@@ -6,10 +6,11 @@ runs. The same record goes into the details of the attempt's failure, so the wor
 the next attempt from the newest checkpoint and tells progress from a failure.
 """
 
+import asyncio
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from temporalio import activity
 
@@ -25,6 +26,8 @@ from durabert.shared.logging import get_logger
 from durabert.shared.models import SLOW_PHASE_FACTOR, CheckpointInfo, TrainingHeartbeat, TrainingPhase
 
 log = get_logger(__name__)
+
+T = TypeVar("T")
 
 STEP_PHASES: frozenset[TrainingPhase] = frozenset({"training", "evaluating"})
 """Phases that pulse every step or evaluation batch; others get ``SLOW_PHASE_FACTOR`` times longer."""
@@ -55,6 +58,25 @@ class HeartbeatReporter:
     def heartbeat(self) -> None:
         """Send the live state (the SDK throttles sends to the heartbeat timeout)."""
         self._send(self.state.model_dump(mode="json"))
+
+    async def beat_until_done(self, work: "asyncio.Future[T]", interval: float) -> T:
+        """Heartbeat at once and then every ``interval`` seconds until ``work`` is done.
+
+        Temporal counts an attempt's liveness from its heartbeats alone: whatever the activity
+        waits for before the child reports (checks in a thread, the child's start), the server
+        must keep hearing from it, or it times the attempt out as dead.
+
+        Args:
+            work: A task or future; it is not cancelled if the wait is.
+            interval: Seconds between heartbeats (well under the heartbeat timeout).
+
+        Returns:
+            The result of ``work`` (its exception is raised).
+        """
+        while not work.done():
+            self.heartbeat()
+            await asyncio.wait({work}, timeout=interval)
+        return work.result()
 
     def details(self) -> dict[str, Any]:
         """The live state as JSON, for the details of the attempt's failure."""
