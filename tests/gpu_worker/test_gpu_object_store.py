@@ -161,7 +161,7 @@ async def test_inference_on_an_empty_work_dir_downloads_the_model_once_and_serve
     assert missing.value.type == "ArtifactNotFoundError"
 
 
-def test_a_short_store_outage_during_training_loses_nothing(s3_root, s3_server, tmp_path, tiny_model_dir):
+def test_a_20_s_store_outage_during_training_loses_nothing(s3_root, s3_server, tmp_path, tiny_model_dir):
     objects = ObjectStore(s3_root)
     snapshot = upload_snapshot(s3_root, tmp_path)
     request = make_request(tiny_model_dir, snapshot, max_steps=12, checkpoint_steps=4, save_total_limit=3)
@@ -171,8 +171,8 @@ def test_a_short_store_outage_during_training_loses_nothing(s3_root, s3_server, 
     def emit(event):
         if isinstance(event, CheckpointEvent):
             reported.append(event.step)
-            if not outages:  # the store goes away right after the first checkpoint is in it
-                outages.append(s3_server.outage(3))
+            if not outages:  # the store goes away for 20 s right after the first checkpoint is in it
+                outages.append(s3_server.outage(20))
 
     result = run_training(make_job(request, node(s3_root, tmp_path, "node-a")), emit, threading.Event())
     outages[0].join()
