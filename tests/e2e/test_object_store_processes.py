@@ -9,16 +9,19 @@ bucket; a third, fresh one answers inference from the model it downloads.
 
 import asyncio
 import base64
+import io
 import json
 import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
+from rich.console import Console
 from temporalio.client import Client
 
+from durabert.orchestrator.cli import Output, execute
 from durabert.orchestrator.client_ops import run_inference
 from durabert.orchestrator.devserver import DevServer
 from durabert.shared.models import BertFineTuneResult, BertInferenceRequest
@@ -117,8 +120,19 @@ async def test_roles_on_separate_machines_resume_and_serve_through_the_bucket(
     # The store's secret key is nowhere a user or an operator could read it.
     events = await handle.fetch_history()
     texts = [("workflow history", _decoded_payloads(json.loads(events.to_json())))]
+    texts.append(("durabert status", await _cli_output(cluster, "status", run_id)))
     texts += _readable_texts(cluster, s3_server)
     assert [where for where, text in texts if SECRET_KEY in text] == []
+
+
+async def _cli_output(cluster: Cluster, *argv: str) -> str:
+    """What ``durabert ARGV`` prints (both streams), run in-process with the cluster's settings."""
+    output = Output(
+        out=Console(file=io.StringIO(), width=200, color_system=None),
+        err=Console(file=io.StringIO(), width=200, color_system=None),
+    )
+    assert await execute(list(argv), settings=cluster.settings, output=output) == 0
+    return "\n".join(cast(io.StringIO, console.file).getvalue() for console in (output.out, output.err))
 
 
 def _decoded_payloads(value: Any) -> str:
