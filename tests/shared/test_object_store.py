@@ -23,6 +23,7 @@ from durabert.shared.object_store import (
     CompletionMarker,
     ObjectStore,
     StoredFile,
+    describe_folder,
     is_object_store_url,
     open_object_store,
 )
@@ -291,3 +292,25 @@ def test_an_unsupported_scheme_is_a_configuration_error() -> None:
         ObjectStore("ftp://host/artifacts")
 
     assert raised.value.type == ErrorType.CONFIGURATION
+
+
+def test_an_upload_reuses_a_given_description_and_refuses_a_stale_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ObjectStore(f"file://{tmp_path / 'bucket'}")
+    folder = make_folder(tmp_path / "checkpoint-4", {"model.safetensors": b"weights", "state.json": b"{}"})
+    known = describe_folder(folder)
+    # A checkpoint's own marker already holds every checksum: the upload must not hash again.
+    monkeypatch.setattr(object_store_module, "describe_folder", _no_hashing)
+    marker = store.upload_folder(folder, "runs/r/checkpoints/checkpoint-4", files=known)
+    assert marker.files == known
+    assert store.download_folder("runs/r/checkpoints/checkpoint-4", tmp_path / "copy") is not None
+
+    (folder / "model.safetensors").write_bytes(b"weights, rewritten since")
+    with pytest.raises(ValueError, match=r"model\.safetensors"):
+        store.upload_folder(folder, "runs/r/checkpoints/checkpoint-5", files=known)
+    assert not store.is_complete("runs/r/checkpoints/checkpoint-5")
+
+
+def _no_hashing(folder: Path) -> dict[str, StoredFile]:
+    raise AssertionError(f"{folder} was hashed again")

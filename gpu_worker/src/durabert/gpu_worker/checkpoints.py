@@ -23,6 +23,7 @@ from typing import Any
 
 from durabert.shared.artifacts import write_json_atomic
 from durabert.shared.logging import get_logger
+from durabert.shared.object_store import StoredFile
 
 COMPLETE_MARKER = "durabert-complete.json"
 """File whose presence makes a checkpoint folder complete; written last, atomically."""
@@ -163,6 +164,19 @@ def list_checkpoints(directory: Path) -> list[Checkpoint]:
         if step is not None and child.is_dir():
             found.append(Checkpoint(step, child))
     return sorted(found, key=lambda checkpoint: checkpoint.step)
+
+
+def described_files(path: Path) -> dict[str, StoredFile]:
+    """The files a complete checkpoint's marker lists, with their sizes and checksums.
+
+    Args:
+        path: A checkpoint folder marked complete.
+
+    Returns:
+        File name to size and SHA-256, as recorded when the checkpoint was marked.
+    """
+    marker = json.loads((path / COMPLETE_MARKER).read_text(encoding="utf-8"))
+    return {name: StoredFile.model_validate(entry) for name, entry in marker["files"].items()}
 
 
 def mark_complete(path: Path, step: int, writer: dict[str, Any]) -> None:

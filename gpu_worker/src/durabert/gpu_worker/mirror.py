@@ -211,8 +211,9 @@ class RunMirror:
         """
         key = self.key_of(folder)
         if not self.objects.is_complete(key):
-            # upload_folder leaves the local marker out and writes the store's marker last.
-            self.objects.upload_folder(folder, key, writer=writer)
+            # upload_folder leaves the local marker out and writes the store's marker last; the
+            # local marker's checksums are reused (hashing 260 MB again costs the training CPU).
+            self.objects.upload_folder(folder, key, writer=writer, files=checkpoints.described_files(folder))
             log.info("checkpoint uploaded", key=key)
         self.push_run_files(run_id)
         self.rotate(run_id, keep)

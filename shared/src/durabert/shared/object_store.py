@@ -15,7 +15,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -225,7 +225,12 @@ class ObjectStore:
         return self.read_marker(prefix) is not None
 
     def upload_folder(
-        self, folder: Path, prefix: str, *, writer: dict[str, Any] | None = None
+        self,
+        folder: Path,
+        prefix: str,
+        *,
+        writer: dict[str, Any] | None = None,
+        files: Mapping[str, StoredFile] | None = None,
     ) -> CompletionMarker:
         """Upload a local folder's files, then its completion marker (last).
 
@@ -238,19 +243,28 @@ class ObjectStore:
             folder: The local folder.
             prefix: Its key in the store (``runs/r1/checkpoints/checkpoint-8``).
             writer: Identity of the uploader, stored in the marker.
+            files: The folder's files with their sizes and checksums when the caller has them
+                already (a checkpoint's own marker): spares hashing every file a second time.
+                Sizes are checked against the disk; a mismatch means the description is stale.
 
         Returns:
             The marker written.
+
+        Raises:
+            ValueError: ``files`` does not describe the folder (a file missing or of another size).
         """
         prefix = prefix.strip("/")
         started = time.monotonic()
-        files = {name: entry for name, entry in describe_folder(folder).items() if name != MARKER_FILE}
+        if files is None:
+            files = {name: entry for name, entry in describe_folder(folder).items() if name != MARKER_FILE}
+        else:
+            _check_sizes(folder, files)
         self._delete_missing_ok(f"{prefix}/{MARKER_FILE}", lambda path: self._fs.rm_file(path))
         self.write_bytes(f"{prefix}/{_UPLOAD_GUARD}", _now().encode())
         for name in files:
             target = self._path(f"{prefix}/{name}")
             self._retrying(f"upload {prefix}/{name}", partial(self._fs.put_file, str(folder / name), target))
-        marker = CompletionMarker(files=files, completed_at=_now(), writer=writer or {})
+        marker = CompletionMarker(files=dict(files), completed_at=_now(), writer=writer or {})
         self.write_bytes(f"{prefix}/{MARKER_FILE}", marker.model_dump_json(indent=2).encode())
         self._delete_missing_ok(f"{prefix}/{_UPLOAD_GUARD}", lambda path: self._fs.rm_file(path))
         log.info(
@@ -426,3 +440,11 @@ def open_object_store(root: str, *, retry_seconds: float = 60.0) -> ObjectStore 
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _check_sizes(folder: Path, files: Mapping[str, StoredFile]) -> None:
+    """Refuse a precomputed description that no longer matches the folder on disk."""
+    for name, entry in files.items():
+        path = folder / name
+        if not path.is_file() or path.stat().st_size != entry.size:
+            raise ValueError(f"{path} does not match the description given for its upload")
