@@ -158,7 +158,7 @@ async def test_data_worker_killed_mid_snapshot_never_shows_a_partial_snapshot(
     assert watcher.partial == []
     assert progress.snapshot_id in watcher.seen
     # The retry's id is the one an undisturbed snapshot of the same data gets.
-    clean = cluster.settings.model_copy(update={"artifact_root": tmp_path / "clean"})
+    clean = cluster.settings.model_copy(update={"artifact_root": str(tmp_path / "clean")})
     expected = await asyncio.to_thread(create_snapshot, config.snapshot_request(run_id), clean)
     assert progress.snapshot_id == expected.result.snapshot_id
     final = snapshots / progress.snapshot_id

@@ -202,7 +202,8 @@ def test_an_unreachable_store_is_retried_with_backoff_then_a_retryable_error(
 ) -> None:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret-5d2e")
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
-    store = ObjectStore(s3_root, retry_seconds=1.5)
+    # Generous enough that a slow first call (botocore sets itself up on it) leaves room for retries.
+    store = ObjectStore(s3_root, retry_seconds=6)
 
     with pytest.raises(ApplicationError) as raised:
         store.read_bytes("runs/r1/run.json")

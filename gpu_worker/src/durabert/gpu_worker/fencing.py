@@ -181,6 +181,18 @@ class RunFence:
                 f"{_describe(self.fence)} does not write into it"
             )
 
+    def check(self, action: str) -> None:
+        """Raise when another attempt took the run folder over; return when this one still owns it.
+
+        Args:
+            action: What this attempt was doing (for the error message).
+
+        Raises:
+            ApplicationError: ``AttemptSupersededError`` when another attempt owns the folder.
+        """
+        with self.guard(action):
+            pass
+
     @contextmanager
     def guard(self, action: str) -> Iterator[None]:
         """Hold the lock while the body changes shared files, if this attempt still owns the folder.

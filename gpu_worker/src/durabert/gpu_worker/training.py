@@ -161,8 +161,15 @@ def _train_once(prepared: PreparedRun, trainer: Any, callback: DurabertCallback)
     # A save needs about as much room as the newest checkpoint; a fresh run probes with 1 MiB.
     save_bytes = storage.folder_bytes(resume.path) if resume else storage.PROBE_BYTES
     started = time.monotonic()
-    with storage.storage_guard(prepared.checkpoints_dir, save_bytes, "a checkpoint"):
-        output = trainer.train(resume_from_checkpoint=str(resume.path) if resume else None)
+    try:
+        with storage.storage_guard(prepared.checkpoints_dir, save_bytes, "a checkpoint"):
+            output = trainer.train(resume_from_checkpoint=str(resume.path) if resume else None)
+    except Exception:
+        # A newer attempt that took the run over clears the staging folders of older ones, so a
+        # superseded attempt's save can fail on a vanished folder (torch and the marker raise
+        # different errors for it): report the take-over, not its symptom.
+        prepared.fence.check("save a checkpoint")
+        raise
     return Trained(
         trainer=trainer, train_loss=float(output.training_loss), seconds=time.monotonic() - started
     )
