@@ -47,6 +47,11 @@ def _history(cluster: Cluster, run_id: str) -> list[dict[str, Any]]:
     return history.read(cluster.run_dir(run_id))
 
 
+def _process_gone(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status")
+    return not status.exists() or "zombie" in status.read_text()
+
+
 def _run_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:6]}"
 
@@ -174,10 +179,12 @@ async def test_truncated_checkpoint_is_skipped_and_the_older_one_used(
     from durabert.gpu_worker import checkpoints
 
     run_id = _run_id("trunc")
-    # Long enough that the SIGTERM always lands mid-training, even on a fast, idle machine.
-    config = cluster.config(run_id, tiny_model_dir, max_steps=300, checkpoint_steps=5)
+    config = cluster.config(run_id, tiny_model_dir, max_steps=120, checkpoint_steps=10)
     handle = await cluster.start_run(client, config)
-    await wait_progress(handle, lambda p: p.latest_checkpoint is not None and p.latest_checkpoint.step >= 10)
+    # Aimed from the worker's own log: it reacts within milliseconds, long before step 120.
+    await asyncio.to_thread(
+        gpu_worker.wait_for, lambda line: line.get("event") == "checkpoint saved" and line["step"] >= 20, 120
+    )
     gpu_worker.signal(signal.SIGTERM)  # a clean stop: it checkpoints, the next attempt starts at once
     assert gpu_worker.wait(timeout=60) == 0
     stopped = gpu_worker.wait_for(lambda line: line.get("event") == "training stopped", timeout=5)
@@ -345,12 +352,14 @@ async def test_sigterm_while_training_checkpoints_then_exits_within_the_timeout(
         stopped = worker.wait_for(lambda line: line.get("event") == "training stopped", timeout=5)
         # The training child's own line: the step it reached, and the newest complete checkpoint.
         reached = worker.wait_for(lambda line: line.get("event") == "training stopped on request", timeout=5)
+        child = worker.wait_for(lambda line: line.get("event") == "training process started", timeout=5)
         await handle.terminate("test done")
     finally:
         worker.stop()
     print(f"SIGTERM while training: exit {code} after {seconds:.2f} s at step {reached['step']}")
     assert code == 0
     assert seconds < 60
+    assert _process_gone(child["pid"])  # the worker took its training child with it
     assert stopped["checkpoint"] is not None
     assert checkpoints.is_complete(cluster.settings.artifact_dir / stopped["checkpoint"])
     # It stopped early (of 5000 steps) and saved where it stopped, not only at the last

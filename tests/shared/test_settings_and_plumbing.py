@@ -101,6 +101,19 @@ def test_json_logs_carry_run_id_and_temporal_records(capsys: pytest.CaptureFixtu
     assert lines[2]["run_id"] is None
 
 
+def test_debug_logging_keeps_object_store_clients_quiet(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("json", "DEBUG")
+    try:
+        # botocore's DEBUG lines dump signed request headers: never passed on.
+        logging.getLogger("botocore.endpoint").debug("Sending http request: Credential=AKIA")
+        logging.getLogger("botocore.credentials").info("Found credentials in environment variables.")
+        get_logger("durabert.test").debug("our own debug line")
+        events = [json.loads(line)["event"] for line in capsys.readouterr().err.splitlines()]
+    finally:
+        configure_logging("json", "INFO")
+    assert events == ["Found credentials in environment variables.", "our own debug line"]
+
+
 async def test_unreachable_server_names_the_address_and_setting() -> None:
     settings = DurabertSettings(temporal={"address": f"127.0.0.1:{free_port()}"})
     with pytest.raises(TemporalUnreachableError) as info:

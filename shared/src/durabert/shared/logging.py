@@ -7,7 +7,7 @@ A terminal gets readable console lines, anything else JSON. Every line carries `
 import logging
 import sys
 from collections.abc import MutableMapping
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import structlog
 
@@ -26,6 +26,10 @@ def _add_run_id(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> Mutabl
         else:
             event_dict.setdefault("run_id", None)
     return event_dict
+
+
+QUIET_LIBRARIES: Final = ("botocore", "aiobotocore", "s3fs", "fsspec", "urllib3", "boto3", "s3transfer")
+"""Object-store client libraries whose DEBUG logging is never passed on, even at DEBUG."""
 
 
 def configure_logging(log_format: LogFormat = "auto", level: str = "INFO") -> None:
@@ -70,6 +74,10 @@ def configure_logging(log_format: LogFormat = "auto", level: str = "INFO") -> No
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    for name in QUIET_LIBRARIES:
+        # Their DEBUG lines dump whole requests (signed headers with the access key id, bodies):
+        # noise at best, credentials at worst. Warnings and errors still come through.
+        logging.getLogger(name).setLevel(max(logging.INFO, logging.getLevelName(level)))
 
 
 def _identity(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
