@@ -9,6 +9,9 @@ SHELL := /bin/bash
 UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 STATE_DIR ?= .state
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist, whole modules each): much of the suite waits on worker processes and
+# timers, so two keep two cores busy. PYTEST_WORKERS=0 runs everything in one process.
+PYTEST_WORKERS ?= 2
 KILL ?= 1
 STORE ?= local
 export UV_LINK_MODE ?= copy
@@ -39,7 +42,7 @@ isolation: setup  ## each light role in an environment of its own: no torch, tra
 # Coverage of */src is printed last, whether the tests passed or not. The floor (pyproject.toml,
 # [tool.coverage.report] fail_under) applies to the whole suite only, not to a PYTEST_ARGS subset.
 unit: setup  ## the whole pytest suite (warnings are errors), then its coverage of */src
-	rc=0; time "$(UV)" run --no-sync pytest --cov --cov-report= --cov-fail-under=0 $(PYTEST_ARGS) || rc=$$?; \
+	rc=0; time "$(UV)" run --no-sync pytest -n $(PYTEST_WORKERS) --dist loadfile --cov --cov-report= --cov-fail-under=0 $(PYTEST_ARGS) || rc=$$?; \
 	"$(UV)" run --no-sync coverage report $(if $(PYTEST_ARGS),--fail-under=0,) || rc=$$(( rc ? rc : $$? )); \
 	exit $$rc
 

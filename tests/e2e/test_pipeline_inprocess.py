@@ -15,6 +15,7 @@ import uuid
 from contextlib import AsyncExitStack
 from pathlib import Path
 
+import pytest
 from temporalio.client import Client
 
 from durabert.data_worker.worker import build_spec as data_spec
@@ -32,6 +33,8 @@ from durabert.shared.runner import build_worker
 from durabert.shared.settings import DurabertSettings
 from support.datasets import NEGATIVE, POSITIVE, write_reviews
 from support.histories import record_history
+
+pytestmark = pytest.mark.slow
 
 
 async def test_snapshot_train_and_infer_with_real_workers(

@@ -16,6 +16,8 @@ from durabert.shared.artifacts import ArtifactStore
 from durabert.shared.models import DEFAULT_MODEL_NAME, BertInferenceRequest, TrainingHeartbeat
 from durabert.shared.settings import DurabertSettings
 
+pytestmark = pytest.mark.slow
+
 LONG = {"max_steps": 5000, "checkpoint_steps": 4}
 
 

@@ -30,6 +30,8 @@ from durabert.shared.models import AttemptFence, BertInferenceRequest
 from durabert.shared.object_store import ObjectStore
 from durabert.shared.settings import DurabertSettings, StoreSettings
 
+pytestmark = pytest.mark.slow
+
 CHECKPOINTS = "runs/run-1/checkpoints"
 
 

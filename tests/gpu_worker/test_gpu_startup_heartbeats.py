@@ -29,6 +29,8 @@ from durabert.shared.models import BertFineTuneRequest, BertFineTuneResult
 from durabert.shared.object_store import ObjectStore
 from durabert.shared.settings import DurabertSettings
 
+pytestmark = pytest.mark.slow
+
 HEARTBEAT_TIMEOUT = timedelta(seconds=3)
 """Short, so start-up work of a few seconds outlasts it."""
 

@@ -16,6 +16,8 @@ from durabert.gpu_worker.training import run_training
 from durabert.shared.artifacts import ArtifactStore
 from durabert.shared.settings import DurabertSettings
 
+pytestmark = pytest.mark.slow
+
 LONG = {"num_epochs": 3}  # 256 rows / batch 8 x 3 epochs = 96 steps: room to kill mid-run
 
 

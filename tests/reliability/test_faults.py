@@ -37,7 +37,7 @@ pytestmark = pytest.mark.slow
 
 SOAK_SEED = 7
 SOAK_KILLS = 3
-SOAK_STEPS = 600
+SOAK_STEPS = 300
 SOAK_INTERVAL = 20
 
 
