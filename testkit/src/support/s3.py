@@ -115,8 +115,11 @@ class S3Server:
         self._proxy: _Proxy | None = None
 
     def __enter__(self) -> Self:
-        # werkzeug logs every request at INFO; the tests' own logs are what matters.
-        logging.getLogger("werkzeug").setLevel(logging.WARNING)
+        # werkzeug logs every request at INFO, and moto (the server side, in this process) every
+        # request with its signed headers at DEBUG: the tests' own logs are what matters, and a
+        # test that searches them for the key id must not find the fake server's.
+        for name in ("werkzeug", "moto"):
+            logging.getLogger(name).setLevel(logging.WARNING)
         self._moto.start()
         _, moto_port = self._moto.get_host_and_port()
         self._proxy = _Proxy(moto_port)
