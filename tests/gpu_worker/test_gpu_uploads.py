@@ -1,7 +1,5 @@
 """The background checkpoint uploader: one upload in flight, each checkpoint reported once uploaded."""
 
-import os
-import sys
 import threading
 from pathlib import Path
 
@@ -85,17 +83,3 @@ def test_a_failed_upload_is_never_reported_and_ends_training_at_its_next_step(tm
         uploader.submit(tmp_path / "checkpoint-8", event(8))
     assert reports == []
 
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="niceness is per thread on Linux only")
-def test_the_upload_thread_runs_at_the_configured_niceness_and_training_threads_do_not(tmp_path):
-    seen: dict[str, int] = {}
-
-    def push(folder: Path) -> None:
-        seen["upload"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-
-    uploader = CheckpointUploader(push, lambda _: None, niceness=7)
-    before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    uploader.submit(tmp_path / "checkpoint-4", event(4))
-    uploader.wait()
-    assert seen["upload"] == min(before + 7, 19)
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before  # the caller's own

@@ -33,7 +33,7 @@ def _uploader(prepared: PreparedRun, emit: Emit) -> CheckpointUploader | None:
         prepared.fence.check_store(f"upload {folder.name}")
         mirror.push_checkpoint(request.run_id, folder, writer, request.config.save_total_limit)
 
-    return CheckpointUploader(push, emit, niceness=prepared.job.settings.store.upload_niceness)
+    return CheckpointUploader(push, emit)
 
 
 class DurabertCallback(TrainerCallback):  # type: ignore[misc]

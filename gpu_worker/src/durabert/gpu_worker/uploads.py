@@ -12,8 +12,6 @@ a newer attempt took the run over) is kept and raised on the training thread at 
 step, which ends the attempt; checkpoints already reported stay the resume point.
 """
 
-import os
-import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -32,17 +30,15 @@ Report = Callable[[CheckpointEvent], None]
 class CheckpointUploader:
     """Uploads published checkpoints in a background thread and reports each once it is in the store."""
 
-    def __init__(self, push: Push, report: Report, *, niceness: int = 0) -> None:
+    def __init__(self, push: Push, report: Report) -> None:
         """Create an idle uploader.
 
         Args:
             push: Uploads one checkpoint folder; raises when it cannot.
             report: Called with a checkpoint's event after its upload finished.
-            niceness: Raised scheduling niceness of the upload thread (0: unchanged).
         """
         self._push = push
         self._report = report
-        self._niceness = niceness
         self._thread: threading.Thread | None = None
         self._failure: BaseException | None = None
         self.reported: list[int] = []
@@ -70,7 +66,6 @@ class CheckpointUploader:
         self._thread.start()
 
     def _upload(self, folder: Path, event: CheckpointEvent) -> None:
-        lower_thread_priority(self._niceness)
         try:
             self._push(folder)
         except BaseException as exc:  # handed to the training thread, which ends the attempt
@@ -100,22 +95,3 @@ class CheckpointUploader:
         if self._failure is not None:
             raise self._failure
 
-
-def lower_thread_priority(niceness: int) -> None:
-    """Make the calling thread yield the CPU to the training loop's threads.
-
-    On a machine whose cores training keeps busy, an upload's checksums and request signing
-    otherwise slow every step while it runs (three times slower steps were measured on 2 cores);
-    at a higher niceness the upload takes the CPU time training leaves. Linux sets niceness per
-    thread; elsewhere this does nothing.
-
-    Args:
-        niceness: How much to raise the thread's niceness (0: leave it).
-    """
-    if niceness <= 0 or not sys.platform.startswith("linux"):
-        return
-    thread = threading.get_native_id()
-    try:
-        os.setpriority(os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + niceness))
-    except OSError as exc:  # a sandbox may forbid it: uploads still work, at normal priority
-        log.warning("could not lower the upload thread's priority", error=str(exc))

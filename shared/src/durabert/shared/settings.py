@@ -175,10 +175,6 @@ class StoreSettings(BaseModel):
     leftover_age_seconds: float = Field(default=3600.0, ge=0)
     """Age after which an upload without a completion marker counts as a killed upload's leftover
     and is deleted (younger ones may still be uploading)."""
-    upload_niceness: int = Field(default=10, ge=0, le=19)
-    """Scheduling niceness of a training child's background upload thread (Linux; 0 leaves it
-    alone): checksums and request signing then take CPU the training loop does not need, instead
-    of slowing every step while an upload is in flight."""
 
 
 class DataWorkerSettings(BaseModel):
