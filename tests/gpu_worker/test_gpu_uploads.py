@@ -82,4 +82,3 @@ def test_a_failed_upload_is_never_reported_and_ends_training_at_its_next_step(tm
     with pytest.raises(ApplicationError):
         uploader.submit(tmp_path / "checkpoint-8", event(8))
     assert reports == []
-

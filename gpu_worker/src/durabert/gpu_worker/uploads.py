@@ -94,4 +94,3 @@ class CheckpointUploader:
         """
         if self._failure is not None:
             raise self._failure
-
