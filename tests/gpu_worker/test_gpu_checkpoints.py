@@ -85,3 +85,13 @@ def test_publish_moves_a_whole_folder_and_keeps_an_existing_complete_one(tmp_pat
     assert checkpoints.publish(again, tmp_path / "checkpoints") is None
     assert checkpoints.writer_of(published) == {"seq": 1, "attempt": 1}
     assert not again.exists()
+
+
+def test_the_marker_describes_the_files_for_an_upload_only_when_it_lists_all_of_them(tmp_path):
+    folder = make(tmp_path, 8)
+    described = checkpoints.described_files(folder)
+    assert described is not None
+    files = [child for child in folder.iterdir() if child.name != checkpoints.COMPLETE_MARKER]
+    assert {name: e.size for name, e in described.items()} == {f.name: f.stat().st_size for f in files}
+    (folder / "extra_state").mkdir()  # something the marker does not list: describe afresh
+    assert checkpoints.described_files(folder) is None

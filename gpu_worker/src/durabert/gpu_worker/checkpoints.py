@@ -166,17 +166,20 @@ def list_checkpoints(directory: Path) -> list[Checkpoint]:
     return sorted(found, key=lambda checkpoint: checkpoint.step)
 
 
-def described_files(path: Path) -> dict[str, StoredFile]:
+def described_files(path: Path) -> dict[str, StoredFile] | None:
     """The files a complete checkpoint's marker lists, with their sizes and checksums.
 
     Args:
         path: A checkpoint folder marked complete.
 
     Returns:
-        File name to size and SHA-256, as recorded when the checkpoint was marked.
+        File name to size and SHA-256, as recorded when the checkpoint was marked; None when the
+        folder holds anything else (a subfolder, say), so that the caller describes it afresh.
     """
     marker = json.loads((path / COMPLETE_MARKER).read_text(encoding="utf-8"))
-    return {name: StoredFile.model_validate(entry) for name, entry in marker["files"].items()}
+    listed = {name: StoredFile.model_validate(entry) for name, entry in marker["files"].items()}
+    present = {c.name for c in path.iterdir() if c.name != COMPLETE_MARKER and not c.name.startswith(".")}
+    return listed if present == set(listed) else None
 
 
 def mark_complete(path: Path, step: int, writer: dict[str, Any]) -> None:
