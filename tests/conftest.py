@@ -8,7 +8,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import pytest
 from temporalio.client import Client
@@ -24,14 +24,25 @@ if TYPE_CHECKING:
 pytest_plugins = ["support.cluster"]
 
 
+SLOW_FIRST: Final = ("reliability", "e2e", "gpu_worker", "deploy")
+"""Folders of slow modules, longest first: those running whole worker processes lead."""
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Run the slow tests first (stable otherwise).
+    """Run the slow modules first, the longest kinds first (stable otherwise).
 
     Under ``make test`` two xdist workers take whole modules in this order: the long process and
     reliability modules start at once and the many short ones fill the gaps, instead of one long
     module starting last while the other worker idles.
     """
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+    def rank(item: pytest.Item) -> int:
+        if item.get_closest_marker("slow") is None:
+            return len(SLOW_FIRST)
+        folder = item.path.parent.name
+        return SLOW_FIRST.index(folder) if folder in SLOW_FIRST else len(SLOW_FIRST) - 1
+
+    items.sort(key=rank)
 
 
 @pytest.fixture(scope="session")
