@@ -17,7 +17,7 @@ from dw_helpers import json_request, reviews
 from temporalio.exceptions import ApplicationError
 
 from durabert.data_worker.snapshot import create_snapshot
-from durabert.data_worker.worker import check_artifact_store
+from durabert.shared.cli_support import check_artifact_store
 from durabert.shared.errors import ErrorType
 from durabert.shared.models import DatasetSnapshotRequest
 from durabert.shared.object_store import MARKER_FILE, ObjectStore

@@ -471,6 +471,11 @@ def pod_settings(objects: Objects, container: dict[str, Any]) -> DurabertSetting
         return None
 
 
+def role_deployment(objects: Objects, key: str) -> dict[str, Any]:
+    """The Deployment of one role (``ROLES`` key: ``"data"``, ``"gpu"``, ``"orchestrator"``)."""
+    return find(objects, "Deployment", ROLES[key].deployment)
+
+
 def deployments(objects: Objects) -> list[dict[str, Any]]:
     """The Deployments, each checked to be one of durabert's roles."""
     return of_kind(objects, "Deployment")

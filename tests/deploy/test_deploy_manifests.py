@@ -22,6 +22,7 @@ from deploy_helpers import (
     pod_settings,
     pod_spec,
     rendered,
+    role_deployment,
     worker_container,
 )
 from kubernetes_validate.utils import latest_version
@@ -103,16 +104,12 @@ def test_overlay_semantics(overlay: str) -> None:
     assert all_problems(list(rendered(overlay)), expect_gpu=EXPECT_GPU[overlay]) == []
 
 
-def _deployment(objects: Objects, key: str) -> dict[str, Any]:
-    return find(objects, "Deployment", ROLES[key].deployment)
-
-
 def _typo_in_configmap(objects: Objects) -> None:
     find(objects, "ConfigMap", "durabert-settings")["data"]["DURABERT_TEMPORAL__ADRESS"] = "x:7233"
 
 
 def _typo_in_env(objects: Objects) -> None:
-    worker_container(_deployment(objects, "gpu"))["env"].append(
+    worker_container(role_deployment(objects, "gpu"))["env"].append(
         {"name": "DURABERT_GPU__DEVISE", "value": "cuda"}
     )
 
@@ -122,7 +119,7 @@ def _bad_value(objects: Objects) -> None:
 
 
 def _wrong_script(objects: Objects) -> None:
-    worker_container(_deployment(objects, "data"))["command"] = [ROLES["orchestrator"].script]
+    worker_container(role_deployment(objects, "data"))["command"] = [ROLES["orchestrator"].script]
 
 
 def _wrong_queue(objects: Objects) -> None:
@@ -130,33 +127,33 @@ def _wrong_queue(objects: Objects) -> None:
 
 
 def _short_grace(objects: Objects) -> None:
-    pod_spec(_deployment(objects, "gpu"))["terminationGracePeriodSeconds"] = 120
+    pod_spec(role_deployment(objects, "gpu"))["terminationGracePeriodSeconds"] = 120
 
 
 def _root(objects: Objects) -> None:
-    pod_spec(_deployment(objects, "orchestrator"))["securityContext"]["runAsUser"] = 0
+    pod_spec(role_deployment(objects, "orchestrator"))["securityContext"]["runAsUser"] = 0
 
 
 def _writable_root(objects: Objects) -> None:
-    worker_container(_deployment(objects, "data"))["securityContext"]["readOnlyRootFilesystem"] = False
+    worker_container(role_deployment(objects, "data"))["securityContext"]["readOnlyRootFilesystem"] = False
 
 
 def _moved_mount(objects: Objects) -> None:
-    for mount in worker_container(_deployment(objects, "gpu"))["volumeMounts"]:
+    for mount in worker_container(role_deployment(objects, "gpu"))["volumeMounts"]:
         if mount["name"] == "artifacts":
             mount["mountPath"] = "/artifacts"
 
 
 def _gpu_on_data(objects: Objects) -> None:
-    worker_container(_deployment(objects, "data"))["resources"]["limits"]["nvidia.com/gpu"] = 1
+    worker_container(role_deployment(objects, "data"))["resources"]["limits"]["nvidia.com/gpu"] = 1
 
 
 def _probe_port(objects: Objects) -> None:
-    worker_container(_deployment(objects, "orchestrator"))["readinessProbe"]["httpGet"]["port"] = 9464
+    worker_container(role_deployment(objects, "orchestrator"))["readinessProbe"]["httpGet"]["port"] = 9464
 
 
 def _replicas_under_hpa(objects: Objects) -> None:
-    _deployment(objects, "data")["spec"]["replicas"] = 3
+    role_deployment(objects, "data")["spec"]["replicas"] = 3
 
 
 def _keda_queue(objects: Objects) -> None:
@@ -172,21 +169,21 @@ def _keda_workflow_queue(objects: Objects) -> None:
 
 
 def _service_links(objects: Objects) -> None:
-    pod_spec(_deployment(objects, "gpu"))["enableServiceLinks"] = True
+    pod_spec(role_deployment(objects, "gpu"))["enableServiceLinks"] = True
 
 
 def _set_env(objects: Objects, key: str, name: str, value: str) -> None:
-    for item in worker_container(_deployment(objects, key))["env"]:
+    for item in worker_container(role_deployment(objects, key))["env"]:
         if item["name"] == name:
             item["value"] = value
 
 
 def _orchestrator_mounts_artifacts(objects: Objects) -> None:
-    spec = pod_spec(_deployment(objects, "orchestrator"))
+    spec = pod_spec(role_deployment(objects, "orchestrator"))
     spec["volumes"].append(
         {"name": "artifacts", "persistentVolumeClaim": {"claimName": "durabert-artifacts"}}
     )
-    worker_container(_deployment(objects, "orchestrator"))["volumeMounts"].append(
+    worker_container(role_deployment(objects, "orchestrator"))["volumeMounts"].append(
         {"name": "artifacts", "mountPath": "/var/lib/durabert"}
     )
 
@@ -209,7 +206,7 @@ def _grace_not_copied(objects: Objects) -> None:
 
 
 def _gpu_grace_too_short_for_a_checkpoint(objects: Objects) -> None:
-    pod_spec(_deployment(objects, "gpu"))["terminationGracePeriodSeconds"] = 60
+    pod_spec(role_deployment(objects, "gpu"))["terminationGracePeriodSeconds"] = 60
     _set_env(objects, "gpu", "DURABERT_WORKER__TERMINATION_GRACE_PERIOD_SECONDS", "60")
 
 
@@ -278,8 +275,8 @@ def test_semantic_check_can_fail(case: str) -> None:
 
 
 def test_local_overlay_requests_no_gpu_and_production_does() -> None:
-    local = _deployment(mutable("local"), "gpu")
-    production = _deployment(mutable("production"), "gpu")
+    local = role_deployment(mutable("local"), "gpu")
+    production = role_deployment(mutable("production"), "gpu")
     assert "nvidia.com/gpu" not in str(local)
     assert worker_container(production)["resources"]["limits"]["nvidia.com/gpu"] == 1
     # The local cluster's GPU check is the inverse one: a GPU request there is a problem.
@@ -291,7 +288,7 @@ def test_each_roles_shutdown_budget_comes_from_its_grace_period(overlay: str) ->
     objects = mutable(overlay)
     budgets = {}
     for key in ROLES:
-        deployment = _deployment(objects, key)
+        deployment = role_deployment(objects, key)
         settings = pod_settings(objects, worker_container(deployment))
         assert settings is not None
         worker = settings.worker
@@ -300,17 +297,17 @@ def test_each_roles_shutdown_budget_comes_from_its_grace_period(overlay: str) ->
         )
         budgets[key] = (worker.termination_grace_period_seconds, worker.graceful_shutdown_timeout_seconds)
     assert budgets == {"orchestrator": (60, 40), "data": (90, 70), "gpu": (180, 160)}
-    gpu = pod_settings(objects, worker_container(_deployment(objects, "gpu")))
+    gpu = pod_settings(objects, worker_container(role_deployment(objects, "gpu")))
     assert gpu is not None
     assert gpu.worker.child_stop_seconds == 145
 
 
 def test_the_orchestrator_mounts_no_artifact_volume_and_only_monitoring_reaches_the_workers() -> None:
     objects = mutable("production")
-    orchestrator = _deployment(objects, "orchestrator")
+    orchestrator = role_deployment(objects, "orchestrator")
     assert "durabert-artifacts" not in str(pod_spec(orchestrator))
     for key in ("data", "gpu"):
-        assert "durabert-artifacts" in str(pod_spec(_deployment(objects, key)))
+        assert "durabert-artifacts" in str(pod_spec(role_deployment(objects, key)))
     (rule,) = find(objects, "NetworkPolicy", "durabert-workers")["spec"]["ingress"]
     assert rule["from"] == [
         {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}

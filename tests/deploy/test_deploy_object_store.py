@@ -8,7 +8,7 @@ copy for each of its checks, and run the MinIO bucket Job's own script against a
 import subprocess
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import boto3
 import pytest
@@ -25,6 +25,7 @@ from deploy_helpers import (
     pod_settings,
     pod_spec,
     rendered,
+    role_deployment,
     worker_container,
 )
 
@@ -34,15 +35,11 @@ if TYPE_CHECKING:
 OVERLAY = "object-store"
 
 
-def _deployment(objects: Objects, key: str) -> dict[str, Any]:
-    return find(objects, "Deployment", ROLES[key].deployment)
-
-
 def test_no_pod_mounts_a_shared_claim_and_every_worker_works_on_its_own_volume() -> None:
     objects = mutable(OVERLAY)
     assert not [obj for obj in objects if obj["kind"] == "PersistentVolumeClaim"]
     for key in ROLES:
-        deployment = _deployment(objects, key)
+        deployment = role_deployment(objects, key)
         assert ARTIFACT_CLAIM not in str(pod_spec(deployment))
         assert not [v for v in pod_spec(deployment)["volumes"] if "persistentVolumeClaim" in v]
         settings = pod_settings(objects, worker_container(deployment))
@@ -61,11 +58,11 @@ def test_store_credentials_come_from_the_secret_and_the_endpoint_from_the_settin
     assert configmap["AWS_ENDPOINT_URL"] == f"http://{MINIO}.durabert.svc.cluster.local:9000"
     assert not {key for key in configmap if "SECRET" in key or "ACCESS_KEY" in key}
     for key in ("data", "gpu"):
-        env = {item["name"]: item for item in worker_container(_deployment(objects, key))["env"]}
+        env = {item["name"]: item for item in worker_container(role_deployment(objects, key))["env"]}
         for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
             assert "value" not in env[name]
             assert env[name]["valueFrom"]["secretKeyRef"]["name"] == "durabert-object-store"
-    assert "AWS_SECRET_ACCESS_KEY" not in str(worker_container(_deployment(objects, "orchestrator")))
+    assert "AWS_SECRET_ACCESS_KEY" not in str(worker_container(role_deployment(objects, "orchestrator")))
 
 
 def _put_claim_back(objects: Objects) -> None:
@@ -77,7 +74,7 @@ def _put_claim_back(objects: Objects) -> None:
             "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}},
         }
     )
-    spec = pod_spec(_deployment(objects, "gpu"))
+    spec = pod_spec(role_deployment(objects, "gpu"))
     spec["volumes"].append({"name": "artifacts", "persistentVolumeClaim": {"claimName": ARTIFACT_CLAIM}})
 
 
@@ -86,13 +83,13 @@ def _work_dir_on_the_root(objects: Objects) -> None:
 
 
 def _work_dir_in_memory(objects: Objects) -> None:
-    for volume in pod_spec(_deployment(objects, "data"))["volumes"]:
+    for volume in pod_spec(role_deployment(objects, "data"))["volumes"]:
         if volume["name"] == "work":
             volume["emptyDir"]["medium"] = "Memory"
 
 
 def _work_volume_too_big(objects: Objects) -> None:
-    for volume in pod_spec(_deployment(objects, "gpu"))["volumes"]:
+    for volume in pod_spec(role_deployment(objects, "gpu"))["volumes"]:
         if volume["name"] == "work":
             volume["emptyDir"]["sizeLimit"] = "500Gi"
 
@@ -102,7 +99,7 @@ def _key_in_configmap(objects: Objects) -> None:
 
 
 def _key_as_literal(objects: Objects) -> None:
-    for item in worker_container(_deployment(objects, "gpu"))["env"]:
+    for item in worker_container(role_deployment(objects, "gpu"))["env"]:
         if item["name"] == "AWS_SECRET_ACCESS_KEY":
             item.pop("valueFrom")
             item["value"] = "minio123"
@@ -120,13 +117,13 @@ def _committed_secret(objects: Objects) -> None:
 
 
 def _optional_credentials(objects: Objects) -> None:
-    for item in worker_container(_deployment(objects, "data"))["env"]:
+    for item in worker_container(role_deployment(objects, "data"))["env"]:
         if item["name"] == "AWS_ACCESS_KEY_ID":
             item["valueFrom"]["secretKeyRef"]["optional"] = True
 
 
 def _two_roots(objects: Objects) -> None:
-    worker_container(_deployment(objects, "gpu"))["env"].append(
+    worker_container(role_deployment(objects, "gpu"))["env"].append(
         {"name": "DURABERT_ARTIFACT_ROOT", "value": "s3://elsewhere/artifacts"}
     )
 
@@ -136,7 +133,7 @@ def _endpoint_elsewhere(objects: Objects) -> None:
 
 
 def _other_secret_key(objects: Objects) -> None:
-    for item in worker_container(_deployment(objects, "gpu"))["env"]:
+    for item in worker_container(role_deployment(objects, "gpu"))["env"]:
         if item["name"] == "AWS_SECRET_ACCESS_KEY":
             item["valueFrom"]["secretKeyRef"]["key"] = "password"
 
@@ -211,4 +208,4 @@ def test_the_bucket_job_runs_the_data_worker_image() -> None:
     # The script needs s3fs, which the data worker's image has; a re-tag must carry the Job along.
     objects = rendered(OVERLAY)
     (container,) = pod_spec(find(objects, "Job", f"{MINIO}-bucket"))["containers"]
-    assert container["image"] == worker_container(_deployment(objects, "data"))["image"]
+    assert container["image"] == worker_container(role_deployment(objects, "data"))["image"]

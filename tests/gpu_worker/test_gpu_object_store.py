@@ -24,8 +24,8 @@ from durabert.gpu_worker.mirror import RunMirror
 from durabert.gpu_worker.model_folder import MODEL_MANIFEST
 from durabert.gpu_worker.supervisor import ChildExited, TrainingChild
 from durabert.gpu_worker.training import run_training
-from durabert.gpu_worker.worker import check_store_access
 from durabert.shared.artifacts import ArtifactStore
+from durabert.shared.cli_support import check_artifact_store
 from durabert.shared.models import AttemptFence, BertInferenceRequest
 from durabert.shared.object_store import ObjectStore
 from durabert.shared.settings import DurabertSettings, StoreSettings
@@ -190,12 +190,12 @@ def test_the_worker_refuses_to_start_when_the_store_refuses_its_credentials(
 ):
     settings = node(s3_root, tmp_path, "node-a")
     with s3_server.authentication(), pytest.raises(SystemExit) as exited:
-        check_store_access(settings)
+        check_artifact_store(settings)
     assert exited.value.code == 2
     message = capsys.readouterr().err
     assert "AWS_ACCESS_KEY_ID" in message
     assert "testing" not in message  # the test's key id and secret: never in a message
-    check_store_access(settings)  # accepted credentials: the worker starts
+    check_artifact_store(settings)  # accepted credentials: the worker starts
 
 
 def test_the_store_fence_stops_an_older_attempt_before_it_uploads(tmp_path):

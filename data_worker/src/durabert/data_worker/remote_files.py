@@ -13,7 +13,6 @@ them); a store that is briefly away is retried with backoff for ``DURABERT_STORE
 and then reported as retryable, so the activity's next attempt tries again.
 """
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from durabert.shared.object_store_backends import (
     READ_TIMEOUT_SECONDS,
     open_filesystem,
 )
-from durabert.shared.object_store_errors import CREDENTIAL_HINTS, Fault, classify, first_line
+from durabert.shared.object_store_errors import CREDENTIAL_HINTS, Fault, call_with_backoff, first_line
 from durabert.shared.redaction import redact
 
 log = get_logger(__name__)
@@ -38,11 +37,6 @@ GLOB_CHARS: Final = frozenset("*?[")
 
 FILESYSTEM_SCHEMES: Final = {"s3a": "s3", "abfss": "abfs"}
 """Data URL schemes read by another scheme's fsspec backend (the rest are their own)."""
-
-_FIRST_DELAY_SECONDS: Final = 0.25
-"""Wait before the first retry of a transient fault; doubled after each one."""
-_MAX_DELAY_SECONDS: Final = 5.0
-"""Longest wait between two retries, so a store that comes back is used within seconds."""
 
 
 @dataclass(frozen=True)
@@ -149,28 +143,23 @@ class RemoteFiles:
 
         A missing object (``FileNotFoundError``) and our own errors are raised as they are.
         """
-        deadline = time.monotonic() + self.retry_seconds
-        delay = _FIRST_DELAY_SECONDS
-        while True:
-            try:
-                return call()
-            except Exception as exc:
-                fault = classify(exc)
-                if fault in (Fault.MISSING, Fault.FATAL):
-                    raise
-                if fault is not Fault.TRANSIENT:
-                    raise _configuration_fault(url, what, fault, exc) from None
-                if time.monotonic() + delay > deadline:
-                    raise _unavailable(url, what, self.retry_seconds, exc) from None
-                log.warning(
-                    "data store call failed; retrying",
-                    url=redact(url),
-                    operation=what,
-                    retry_in_seconds=delay,
-                    error=redact(first_line(exc)),
-                )
-                time.sleep(delay)
-                delay = min(delay * 2, _MAX_DELAY_SECONDS)
+
+        def retrying(delay: float, exc: Exception) -> None:
+            log.warning(
+                "data store call failed; retrying",
+                url=redact(url),
+                operation=what,
+                retry_in_seconds=delay,
+                error=redact(first_line(exc)),
+            )
+
+        return call_with_backoff(
+            call,
+            retry_seconds=self.retry_seconds,
+            refused=lambda fault, exc: _configuration_fault(url, what, fault, exc),
+            exhausted=lambda exc: _unavailable(url, what, self.retry_seconds, exc),
+            retrying=retrying,
+        )
 
 
 def _hint(scheme: str) -> str:

@@ -101,6 +101,32 @@ def _upload_model(prepared: PreparedRun) -> None:
     mirror.push_model(prepared.job.request.run_id, prepared.writer())
 
 
+def _write_model_folder(
+    prepared: PreparedRun,
+    trainer: Any,
+    records: Sequence[history.HistoryRecord],
+    manifest: model_folder.ModelManifest,
+    metrics: dict[str, float],
+) -> Path:
+    """Publish ``runs/<run_id>/model`` atomically, under the fence; return the folder."""
+    run_id = prepared.job.request.run_id
+
+    def fill(folder: Path) -> None:
+        trainer.save_model(str(folder))
+        model_folder.write_extras(folder, manifest, metrics)
+        curve = folder / model_folder.LOSS_CURVE_FILE
+        history.plot_loss_curve(records, curve, title=f"run {run_id}")
+
+    final_dir = prepared.store.model_dir(run_id)
+    save_bytes = storage.folder_bytes(prepared.resume.path) if prepared.resume else storage.PROBE_BYTES
+    with (
+        prepared.fence.guard("publish the final model"),
+        storage.storage_guard(prepared.run_dir, save_bytes, "the final model"),
+    ):
+        model_folder.publish(prepared.run_dir, final_dir, fill)
+    return final_dir
+
+
 def publish_run(
     prepared: PreparedRun, trainer: Any, train_loss: float, seconds: float, emit: Emit
 ) -> BertFineTuneResult:
@@ -129,20 +155,7 @@ def publish_run(
     emit(PulseEvent(phase="publishing", step=int(trainer.state.global_step)))
     records = history.read(prepared.run_dir)
     manifest = _manifest(prepared, trainer, records, metrics)
-
-    def fill(folder: Path) -> None:
-        trainer.save_model(str(folder))
-        model_folder.write_extras(folder, manifest, metrics)
-        model_folder_curve = folder / model_folder.LOSS_CURVE_FILE
-        history.plot_loss_curve(records, model_folder_curve, title=f"run {request.run_id}")
-
-    final_dir = prepared.store.model_dir(request.run_id)
-    save_bytes = storage.folder_bytes(prepared.resume.path) if prepared.resume else storage.PROBE_BYTES
-    with (
-        prepared.fence.guard("publish the final model"),
-        storage.storage_guard(prepared.run_dir, save_bytes, "the final model"),
-    ):
-        model_folder.publish(prepared.run_dir, final_dir, fill)
+    final_dir = _write_model_folder(prepared, trainer, records, manifest, metrics)
     _upload_model(prepared)
     log.info("training finished", global_step=manifest.global_step, **evaluation)
     return BertFineTuneResult(

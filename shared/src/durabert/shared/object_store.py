@@ -37,7 +37,7 @@ from durabert.shared.object_store_backends import (
 )
 from durabert.shared.object_store_errors import (
     Fault,
-    classify,
+    call_with_backoff,
     credentials_error,
     first_line,
     missing_root_error,
@@ -76,10 +76,6 @@ log = get_logger(__name__)
 ResultT = TypeVar("ResultT")
 
 
-_FIRST_DELAY_SECONDS: Final = 0.25
-"""Wait before the first retry of a transient fault; doubled after each one."""
-_MAX_DELAY_SECONDS: Final = 5.0
-"""Longest wait between two retries, so a store that comes back is used within seconds."""
 _UPLOAD_GUARD: Final = ".durabert-uploading"
 """Object written when an upload starts and deleted when its marker is written: it keeps the
 newest object of a prefix being re-uploaded fresh, so :meth:`ObjectStore.remove_incomplete`
@@ -399,30 +395,28 @@ class ObjectStore:
         A missing object (``FileNotFoundError``) and our own errors are raised as they are;
         refused credentials and a missing bucket become ``ConfigurationError`` at once.
         """
-        deadline = time.monotonic() + self.retry_seconds
-        delay = _FIRST_DELAY_SECONDS
-        while True:
-            try:
-                return call()
-            except Exception as exc:
-                fault = classify(exc)
-                if fault in (Fault.MISSING, Fault.FATAL):
-                    raise
-                if fault is Fault.CREDENTIALS:
-                    raise credentials_error(self.url, self.scheme, what, exc) from None
-                if fault is Fault.MISSING_ROOT:
-                    raise missing_root_error(self.url, exc) from None
-                if time.monotonic() + delay > deadline:
-                    raise unavailable_error(self.url, what, self.retry_seconds, exc) from None
-                log.warning(
-                    "artifact store call failed; retrying",
-                    store=redact(self.url),
-                    operation=what,
-                    retry_in_seconds=delay,
-                    error=redact(first_line(exc)),
-                )
-                time.sleep(delay)
-                delay = min(delay * 2, _MAX_DELAY_SECONDS)
+
+        def refused(fault: Fault, exc: Exception) -> Exception:
+            if fault is Fault.MISSING_ROOT:
+                return missing_root_error(self.url, exc)
+            return credentials_error(self.url, self.scheme, what, exc)
+
+        def retrying(delay: float, exc: Exception) -> None:
+            log.warning(
+                "artifact store call failed; retrying",
+                store=redact(self.url),
+                operation=what,
+                retry_in_seconds=delay,
+                error=redact(first_line(exc)),
+            )
+
+        return call_with_backoff(
+            call,
+            retry_seconds=self.retry_seconds,
+            refused=refused,
+            exhausted=lambda exc: unavailable_error(self.url, what, self.retry_seconds, exc),
+            retrying=retrying,
+        )
 
 
 def open_object_store(root: str, *, retry_seconds: float = 60.0) -> ObjectStore | None:

@@ -8,8 +8,10 @@ the well-known codes in their text second; anything not recognised as a configur
 or a bug counts as transient, because a store that is briefly away is the common case.
 """
 
+import time
+from collections.abc import Callable
 from enum import Enum
-from typing import Final
+from typing import Final, TypeVar
 
 from temporalio.exceptions import ApplicationError
 
@@ -143,3 +145,53 @@ def first_line(exc: BaseException) -> str:
     """The first line of an exception's message, or its type name when it has none."""
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]
+
+
+FIRST_DELAY_SECONDS: Final = 0.25
+"""First backoff wait after a transient store fault; it doubles after each retry."""
+MAX_DELAY_SECONDS: Final = 5.0
+"""Longest wait between two tries, so a store that comes back is used within seconds."""
+
+ResultT = TypeVar("ResultT")
+
+
+def call_with_backoff(
+    call: Callable[[], ResultT],
+    *,
+    retry_seconds: float,
+    refused: Callable[[Fault, Exception], Exception],
+    exhausted: Callable[[Exception], Exception],
+    retrying: Callable[[float, Exception], None],
+) -> ResultT:
+    """Run one store call, retrying transient faults with exponential backoff.
+
+    A missing object and our own errors (:attr:`Fault.MISSING`, :attr:`Fault.FATAL`) are raised
+    as they are; refused credentials and a missing root are never retried.
+
+    Args:
+        call: The store call.
+        retry_seconds: How long transient faults are retried.
+        refused: Builds the error raised at once for :attr:`Fault.CREDENTIALS` and
+            :attr:`Fault.MISSING_ROOT`.
+        exhausted: Builds the error raised when the fault outlasts ``retry_seconds``.
+        retrying: Told of each retry (the wait, the fault) before the wait, to log it.
+
+    Returns:
+        What the call returned.
+    """
+    deadline = time.monotonic() + retry_seconds
+    delay = FIRST_DELAY_SECONDS
+    while True:
+        try:
+            return call()
+        except Exception as exc:
+            fault = classify(exc)
+            if fault in (Fault.MISSING, Fault.FATAL):
+                raise
+            if fault is not Fault.TRANSIENT:
+                raise refused(fault, exc) from None
+            if time.monotonic() + delay > deadline:
+                raise exhausted(exc) from None
+            retrying(delay, exc)
+            time.sleep(delay)
+            delay = min(delay * 2, MAX_DELAY_SECONDS)
