@@ -96,7 +96,12 @@ def make_cluster(
         temporal={"address": address},
         artifact_root=artifact_root or root / "artifacts",
         data_dir=root / "data",
-        queues={"data": f"data-{suffix}", "gpu": f"gpu-{suffix}", "orchestrator": f"orch-{suffix}"},
+        queues={
+            "data": f"data-{suffix}",
+            "gpu": f"gpu-{suffix}",
+            "inference": f"infer-{suffix}",
+            "orchestrator": f"orch-{suffix}",
+        },
     )
     base_env = {
         "DURABERT_TEMPORAL__ADDRESS": address,
@@ -104,6 +109,7 @@ def make_cluster(
         "DURABERT_DATA_DIR": str(settings.data_dir),
         "DURABERT_QUEUES__DATA": settings.queues.data,
         "DURABERT_QUEUES__GPU": settings.queues.gpu,
+        "DURABERT_QUEUES__INFERENCE": settings.queues.inference,
         "DURABERT_QUEUES__ORCHESTRATOR": settings.queues.orchestrator,
         "DURABERT_LOG_FORMAT": "json",
         "DURABERT_WORKER__GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS": "30",

@@ -63,7 +63,7 @@ class LoadCluster:
 
     def __post_init__(self) -> None:
         suffix = uuid.uuid4().hex[:8]
-        self.queues = {role: f"{role}-{suffix}" for role in SCRIPTS}
+        self.queues = {role: f"{role}-{suffix}" for role in [*SCRIPTS, "inference"]}
         self.artifact_root = self.root / "artifacts"
         self.data_dir = self.root / "data"
         self.log_dir = self.root / "logs"
@@ -80,6 +80,7 @@ class LoadCluster:
             "DURABERT_DATA_DIR": str(self.data_dir),
             "DURABERT_QUEUES__DATA": self.queues["data"],
             "DURABERT_QUEUES__GPU": self.queues["gpu"],
+            "DURABERT_QUEUES__INFERENCE": self.queues["inference"],
             "DURABERT_QUEUES__ORCHESTRATOR": self.queues["orchestrator"],
             "DURABERT_GPU__MAX_CONCURRENT_ACTIVITIES": str(self.gpu_slots),
             "DURABERT_GPU__DEVICE": "cpu",
@@ -93,7 +94,7 @@ class LoadCluster:
 
     def memo(self) -> dict[str, dict[str, str]]:
         """Workflow memo sending activities to this cluster's queues."""
-        return {names.QUEUES_MEMO_KEY: {"data": self.queues["data"], "gpu": self.queues["gpu"]}}
+        return {names.QUEUES_MEMO_KEY: {role: self.queues[role] for role in ("data", "gpu", "inference")}}
 
     def start(self) -> "LoadCluster":
         """Start the orchestrator, data and GPU workers and wait until each polls."""

@@ -1,4 +1,4 @@
-"""``durabert-gpu-worker``: fine-tuning and inference on ``gpu-queue``."""
+"""``durabert-gpu-worker``: fine-tuning on ``gpu-queue``, online inference on ``inference-queue``."""
 
 from durabert.gpu_worker.activities import GpuActivities
 from durabert.gpu_worker.supervisor import warm_up
@@ -8,10 +8,12 @@ from durabert.shared.settings import DurabertSettings
 
 
 def build_spec(settings: DurabertSettings) -> WorkerSpec:
-    """Describe the GPU worker: its queue, activities and one slot per GPU.
+    """Describe the GPU worker: training on its queue with one slot per GPU, inference beside it.
 
-    Both activities are ``async def``: training runs in a child process supervised from
-    the event loop, inference in a thread, so no activity executor is needed.
+    Inference polls a queue of its own with slots of its own, so a request is answered while
+    every training slot is busy. Both activities are ``async def``: training runs in a child
+    process supervised from the event loop, inference's forward passes in the batcher's thread,
+    so no activity executor is needed.
 
     Args:
         settings: durabert settings.
@@ -24,8 +26,16 @@ def build_spec(settings: DurabertSettings) -> WorkerSpec:
     return WorkerSpec(
         role="gpu",
         task_queue=settings.queues.gpu,
-        activities=[activities.fine_tune_bert, activities.run_bert_inference],
+        activities=[activities.fine_tune_bert],
         max_concurrent_activities=settings.gpu.max_concurrent_activities,
+        companions=[
+            WorkerSpec(
+                role="gpu-inference",
+                task_queue=settings.queues.inference,
+                activities=[activities.run_bert_inference],
+                max_concurrent_activities=settings.inference.max_concurrent_requests,
+            )
+        ],
     )
 
 

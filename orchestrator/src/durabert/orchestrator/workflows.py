@@ -406,6 +406,11 @@ def _too_many_preemptions(run_id: str, preemptions: int, ceiling: int) -> Applic
     )
 
 
+def inference_retry_policy() -> RetryPolicy:
+    """Retries of one inference request: a few for a worker lost mid-request, none for bad input."""
+    return RetryPolicy(maximum_attempts=3, non_retryable_error_types=list(NON_RETRYABLE_ERROR_TYPES))
+
+
 @workflow.defn(name=names.INFERENCE_WORKFLOW)
 class BertInferenceWorkflow:
     """Classify texts with a finished run's model: one activity on the GPU queue.
@@ -425,14 +430,15 @@ class BertInferenceWorkflow:
             Predictions, names and confidences.
         """
         req = parse_workflow_args(BertInferenceRequest, args)
+        # The inference queue, never the training one: its slots are free while every GPU trains.
+        # Schedule-to-start bounds the wait for a GPU worker to take the request at all.
         return await workflow.execute_activity(
             activities.run_bert_inference,
             req,
-            task_queue=_activity_queues().gpu,
+            task_queue=_activity_queues().inference,
+            schedule_to_start_timeout=timedelta(seconds=req.queue_timeout_seconds),
             start_to_close_timeout=timedelta(seconds=req.timeout_seconds),
-            retry_policy=RetryPolicy(
-                maximum_attempts=3, non_retryable_error_types=list(NON_RETRYABLE_ERROR_TYPES)
-            ),
+            retry_policy=inference_retry_policy(),
         )
 
 

@@ -9,6 +9,7 @@ root*, so workers that mount the shared store at different places agree on them.
 """
 
 import re
+from collections.abc import Sequence
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
@@ -21,17 +22,34 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import to_json
 
 DEFAULT_MODEL_NAME: Final = "sentence-transformers/all-MiniLM-L6-v2"
 """The offline default: the GPU worker maps this hub id to the packaged all-MiniLM-L6-v2."""
 
 MAX_INFERENCE_TEXTS: Final = 256
-"""Most texts one inference request may carry (keeps history far below Temporal's 2 MB limit)."""
+"""Most texts one inference request may carry."""
 MAX_INFERENCE_TEXT_CHARS: Final = 10_000
 """Most characters one inference text may have."""
+MAX_INFERENCE_TEXTS_BYTES: Final = 1_048_576
+"""Most bytes a request's texts may take encoded (UTF-8 JSON, as the data converter sends them).
+Temporal refuses any payload over 2 MB, and the answer repeats the texts beside its predictions,
+so 1 MiB leaves the answer room (256 predictions add about 20 KB)."""
 
 RUN_ID_PATTERN: Final = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,61}[a-z0-9])?$")
 """A run id is a safe folder name and a valid Kubernetes label value."""
+
+
+def encoded_size(value: Sequence[str]) -> int:
+    """Bytes texts take in a payload: UTF-8 JSON, escapes included, as the data converter writes them.
+
+    Args:
+        value: The texts.
+
+    Returns:
+        Their encoded size in bytes.
+    """
+    return len(to_json(list(value)))
 
 
 def run_id_problem(value: str) -> str | None:
@@ -391,15 +409,29 @@ class BertInferenceRequest(ContractModel):
     texts: list[Annotated[str, Field(max_length=MAX_INFERENCE_TEXT_CHARS)]] = Field(
         min_length=1, max_length=MAX_INFERENCE_TEXTS
     )
-    """Texts to classify: 1 to 256 of at most 10,000 characters each."""
+    """Texts to classify: 1 to 256 of at most 10,000 characters each, 1 MiB in all once encoded."""
     max_seq_length: int = Field(default=128, ge=8, le=512)
     """Tokens per text after truncation."""
-    batch_size: int = Field(default=32, ge=1, le=1024)
-    """Texts per forward pass."""
     use_gpu: bool = True
     """Use CUDA or Apple MPS when the worker has one."""
     timeout_seconds: int = Field(default=300, ge=5, le=24 * 3600)
-    """Most time the inference activity may take (model load included)."""
+    """Most time the inference activity may take once a worker has it (model load included)."""
+    queue_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
+    """Most time the request may wait for a GPU worker to take it; then it fails with a timeout that
+    ``durabert infer`` reports (the client fills it from ``DURABERT_INFERENCE__QUEUE_TIMEOUT_SECONDS``)."""
+
+    @field_validator("texts")
+    @classmethod
+    def _texts_fit_a_payload(cls, texts: list[str]) -> list[str]:
+        """Refuse texts whose encoded size would not fit Temporal's payload limit (named ``texts``)."""
+        size = encoded_size(texts)
+        if size > MAX_INFERENCE_TEXTS_BYTES:
+            raise ValueError(
+                f"the texts encode to {size:,} bytes, over the {MAX_INFERENCE_TEXTS_BYTES:,} one request "
+                "may carry (Temporal refuses payloads over 2 MB and the answer repeats the texts); "
+                "send fewer or shorter texts per request, or score a whole dataset with `durabert predict`"
+            )
+        return texts
 
 
 class BertInferenceResult(ContractModel):

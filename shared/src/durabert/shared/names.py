@@ -8,7 +8,9 @@ from typing import Final
 DATA_QUEUE: Final = "data-queue"
 """Default task queue of the CPU data worker (snapshots)."""
 GPU_QUEUE: Final = "gpu-queue"
-"""Default task queue of the GPU worker (fine-tuning and inference)."""
+"""Default task queue of the GPU worker's training slots (fine-tuning, batch scoring)."""
+INFERENCE_QUEUE: Final = "inference-queue"
+"""Default task queue of the GPU worker's inference slots: online requests, never behind training."""
 ORCHESTRATOR_QUEUE: Final = "orchestrator-queue"
 """Default task queue of the orchestrator worker (workflows)."""
 

@@ -46,6 +46,13 @@ class WorkerSpec:
     versioned: bool = False
     """Take part in Worker Versioning when the settings carry a build id. Only the orchestrator
     does: its workflows replay, activities do not, so activity workers stay unversioned."""
+    companions: Sequence["WorkerSpec"] = ()
+    """Further workers run by the same process on queues of their own, each with its own slots
+    (the GPU worker's inference queue beside its training queue); they start and drain together."""
+
+    def all_specs(self) -> list["WorkerSpec"]:
+        """This spec and its companions, in start order."""
+        return [self, *self.companions]
 
 
 def deployment_config(settings: DurabertSettings, spec: WorkerSpec) -> WorkerDeploymentConfig | None:
@@ -127,7 +134,7 @@ async def run_worker(settings: DurabertSettings, spec: WorkerSpec) -> int:
         0 after a clean drain.
     """
     client = await connect_client(settings, runtime=metrics_runtime(settings.metrics_port))
-    worker = build_worker(client, settings, spec)
+    workers = [build_worker(client, settings, each) for each in spec.all_specs()]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -140,14 +147,14 @@ async def run_worker(settings: DurabertSettings, spec: WorkerSpec) -> int:
     log.info(
         "worker started",
         role=spec.role,
-        task_queue=spec.task_queue,
+        task_queues=[each.task_queue for each in spec.all_specs()],
         namespace=settings.temporal.namespace,
         address=settings.temporal.address,
         activities=len(spec.activities),
         workflows=len(spec.workflows),
         build_id=settings.worker.build_id if spec.versioned else None,
     )
-    running = asyncio.create_task(worker.run())
+    running = asyncio.gather(*(worker.run() for worker in workers))
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
     if stop.is_set():
@@ -160,7 +167,7 @@ async def run_worker(settings: DurabertSettings, spec: WorkerSpec) -> int:
             child_stop_seconds=settings.worker.child_stop_seconds,
             termination_grace_period_seconds=settings.worker.termination_grace_period_seconds,
         )
-        await worker.shutdown()
+        await asyncio.gather(*(worker.shutdown() for worker in workers))
     else:
         stopping.cancel()
     await running  # re-raises a fatal worker error

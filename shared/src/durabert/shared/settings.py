@@ -91,7 +91,10 @@ class QueueSettings(BaseModel):
     data: str = Field(default=names.DATA_QUEUE, min_length=1)
     """Data worker queue."""
     gpu: str = Field(default=names.GPU_QUEUE, min_length=1)
-    """GPU worker queue."""
+    """GPU worker queue of training (its slots are ``DURABERT_GPU__MAX_CONCURRENT_ACTIVITIES``)."""
+    inference: str = Field(default=names.INFERENCE_QUEUE, min_length=1)
+    """GPU worker queue of online inference, with slots of its own
+    (``DURABERT_INFERENCE__MAX_CONCURRENT_REQUESTS``), so a request never waits behind training."""
     orchestrator: str = Field(default=names.ORCHESTRATOR_QUEUE, min_length=1)
     """Orchestrator (workflow) queue."""
 
@@ -203,6 +206,30 @@ class GpuWorkerSettings(BaseModel):
     on the artifact store. A local disk is faster; it needs about twice the snapshot's size."""
 
 
+class InferenceSettings(BaseModel):
+    """Online inference (``DURABERT_INFERENCE__*``): the GPU worker's serving knobs, the client's timeouts."""
+
+    max_concurrent_requests: int = Field(default=64, ge=1, le=10_000)
+    """Inference activity slots per GPU worker, apart from training's. Requests in these slots wait
+    on the batcher, not on the device, so this bounds how many can share a forward pass."""
+    max_batch_size: int = Field(default=32, ge=1, le=4096)
+    """Most texts in one forward pass, gathered across concurrent requests for the same model."""
+    max_wait_ms: float = Field(default=5.0, ge=0, le=10_000)
+    """Longest a request waits for others to fill its forward pass (only when the device is idle:
+    requests that arrive during a pass go into the next one anyway)."""
+    queue_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
+    """Client side: most time a request may wait for a GPU worker to take it (the activity's
+    schedule-to-start timeout) before ``durabert infer`` reports that none did."""
+    route: Literal["activity", "workflow"] = "activity"
+    """Client side: how ``durabert infer`` sends a request. ``activity`` starts the inference activity
+    directly (a standalone activity: Temporal Server 1.31 or newer), the fastest path measured;
+    ``workflow`` starts a ``BertInferenceWorkflow`` per request (any server; an orchestrator worker
+    must run)."""
+    gpu_memory_fraction: float = Field(default=0.25, gt=0, le=1)
+    """Share of a CUDA device's memory inference may ever hold (PyTorch's per-process cap); the rest
+    stays for training children. Ignored on CPU and MPS."""
+
+
 class DurabertSettings(BaseSettings):
     """Settings every durabert process shares."""
 
@@ -223,6 +250,8 @@ class DurabertSettings(BaseSettings):
     """Data worker knobs."""
     gpu: GpuWorkerSettings = Field(default_factory=GpuWorkerSettings)
     """GPU worker knobs."""
+    inference: InferenceSettings = Field(default_factory=InferenceSettings)
+    """Online inference knobs."""
     artifact_root: str = Field(default_factory=lambda: str(Path.home() / ".durabert" / "artifacts"))
     """Store of snapshots, checkpoints and models: a folder every worker mounts (``/srv/artifacts``),
     or an object-store URL (``s3://bucket/prefix``, ``gs://...``, ``az://...``) that no two workers
@@ -251,9 +280,12 @@ class DurabertSettings(BaseSettings):
         """Workflow memo telling a workflow which queues its activities go to.
 
         Returns:
-            ``{QUEUES_MEMO_KEY: {"data": ..., "gpu": ...}}`` from these settings.
+            ``{QUEUES_MEMO_KEY: {"data": ..., "gpu": ..., "inference": ...}}`` from these settings.
         """
-        return {names.QUEUES_MEMO_KEY: {"data": self.queues.data, "gpu": self.queues.gpu}}
+        queues = self.queues
+        return {
+            names.QUEUES_MEMO_KEY: {"data": queues.data, "gpu": queues.gpu, "inference": queues.inference}
+        }
 
     @field_validator("artifact_root", mode="before")
     @classmethod
