@@ -1,4 +1,7 @@
-"""Inference: the model loads once for repeated calls and predicts what ``transformers.pipeline`` predicts."""
+"""Inference: the model loads once for repeated calls, predicts what ``transformers.pipeline`` predicts,
+and concurrent requests share forward passes yet each gets what it would get alone."""
+
+import asyncio
 
 import os
 import shutil
@@ -36,8 +39,8 @@ def activities_for(root, cache_size: int = 2) -> GpuActivities:
     )
 
 
-async def infer(activities, run_id="served", texts=TEXTS, batch_size=2):
-    request = BertInferenceRequest(run_id=run_id, texts=texts, batch_size=batch_size, use_gpu=False)
+async def infer(activities, run_id="served", texts=TEXTS, max_seq_length=128):
+    request = BertInferenceRequest(run_id=run_id, texts=texts, max_seq_length=max_seq_length, use_gpu=False)
     return await ActivityEnvironment().run(activities.run_bert_inference, request)
 
 
@@ -46,10 +49,10 @@ async def test_model_loads_once_and_matches_pipeline(trained_root):
 
     activities = activities_for(trained_root)
     first = await infer(activities)
-    second = await infer(activities, batch_size=4)
+    second = await infer(activities)
     assert activities.cache.loads == 1
     assert second.predicted_labels == first.predicted_labels
-    assert second.confidences == pytest.approx(first.confidences, abs=1e-5)  # other padding per batch
+    assert second.confidences == first.confidences
     classify = pipeline(
         "text-classification", model=str(ArtifactStore(trained_root).model_dir("served")), device="cpu"
     )
@@ -84,3 +87,35 @@ async def test_run_without_a_finished_model_is_not_found(trained_root):
     assert info.value.type == "ArtifactNotFoundError"
     assert info.value.non_retryable
     assert "never-trained" in info.value.message
+
+
+async def test_concurrent_requests_share_passes_and_each_gets_its_own_answer(trained_root):
+    settings = DurabertSettings(
+        artifact_root=trained_root,
+        data_dir=trained_root / "data",
+        inference={"max_batch_size": 8, "max_wait_ms": 1000},
+    )
+    activities = GpuActivities(settings)
+    requests = [TEXTS[index:] + TEXTS[:index] for index in range(5)] + [["a lovely, lovely score"] * 11]
+    alone = [await infer(activities, texts=texts) for texts in requests]
+    passes_alone = activities.batcher.stats.passes
+    together = await asyncio.gather(*(infer(activities, texts=texts) for texts in requests))
+    for single, shared in zip(alone, together, strict=True):
+        assert shared.texts == single.texts
+        assert shared.predicted_labels == single.predicted_labels
+        assert shared.predicted_label_names == single.predicted_label_names
+        # Other batch-mates pad to other lengths: the same class, probabilities equal to float noise.
+        assert shared.confidences == pytest.approx(single.confidences, abs=1e-5)
+    # 36 texts in passes of at most 8: 5 passes when shared, against 7 one request at a time.
+    assert activities.batcher.stats.passes - passes_alone == 5
+    assert activities.batcher.stats.largest_pass == 8
+
+
+async def test_truncation_lengths_never_share_a_pass(trained_root):
+    activities = activities_for(trained_root)
+    short, full = await asyncio.gather(
+        infer(activities, texts=["superb cast " * 20], max_seq_length=8),
+        infer(activities, texts=["superb cast " * 20], max_seq_length=128),
+    )
+    assert activities.batcher.stats.passes == 2
+    assert short.predicted_labels and full.predicted_labels

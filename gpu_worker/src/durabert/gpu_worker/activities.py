@@ -1,4 +1,4 @@
-"""The GPU worker's Temporal activities: ``fine_tune_bert`` and ``run_bert_inference``.
+"""The GPU worker's activities: ``fine_tune_bert`` (training queue), ``run_bert_inference`` (inference queue).
 
 Only this module and :mod:`~durabert.gpu_worker.attempt` talk to Temporal. ``fine_tune_bert``
 is an ``async def`` activity that supervises a training child process from the event loop
@@ -7,15 +7,17 @@ is an ``async def`` activity that supervises a training child process from the e
 """
 
 import asyncio
+from functools import partial
 from multiprocessing.context import BaseContext
 
 from temporalio import activity
 
 from durabert.gpu_worker.attempt import POLL_SECONDS, TrainingAttempt
+from durabert.gpu_worker.batching import InferenceBatcher
 from durabert.gpu_worker.data import locate_snapshot
 from durabert.gpu_worker.device import Device, select_device
 from durabert.gpu_worker.events import TrainJob
-from durabert.gpu_worker.inference import ModelCache, predict
+from durabert.gpu_worker.inference import LoadedModel, ModelCache, classify_texts, inference_result
 from durabert.gpu_worker.mirror import open_mirror
 from durabert.gpu_worker.model_source import resolve_model_source
 from durabert.gpu_worker.reporting import HeartbeatReporter, StallWatchdog
@@ -49,6 +51,9 @@ class GpuActivities:
         self.store = ArtifactStore(settings.artifact_dir)
         self.mirror = open_mirror(settings, self.store)
         self.cache = ModelCache(self.store, settings.gpu.inference_cache_size, self.mirror)
+        self.batcher = InferenceBatcher(
+            settings.inference.max_batch_size, settings.inference.max_wait_ms / 1000
+        )
         self.child_context = child_context
 
     @activity.defn(name=names.FINE_TUNE_BERT)
@@ -118,10 +123,12 @@ class GpuActivities:
 
     @activity.defn(name=names.RUN_BERT_INFERENCE)
     async def run_bert_inference(self, request: BertInferenceRequest) -> BertInferenceResult:
-        """Classify texts with a finished run's model, kept warm between calls.
+        """Classify texts with a finished run's warm model, in forward passes shared with other requests.
+
+        Runs on the inference queue, beside training, never behind it.
 
         Args:
-            request: Run id, texts and batching options.
+            request: Run id and texts.
 
         Returns:
             Predicted labels, names and confidences.
@@ -130,11 +137,17 @@ class GpuActivities:
             ApplicationError: ``ArtifactNotFoundError`` (not retried) when the run has no finished model.
         """
         bind_run_id(request.run_id)
-        # The device probe (torch's first import) and forward passes block: run them in a thread
-        # so the event loop keeps heartbeating other work, a training attempt's included.
-        return await asyncio.to_thread(self._infer, request)
+        # The device probe (torch's first import), a download and a model load block: off the event
+        # loop, which keeps polling and heartbeating other work, a training attempt's included.
+        loaded = await asyncio.to_thread(self._warm_model, request)
+        predictions = await self.batcher.classify(
+            (loaded.key, request.max_seq_length),
+            request.texts,
+            partial(classify_texts, loaded, max_seq_length=request.max_seq_length),
+        )
+        return inference_result(request, loaded, predictions)
 
-    def _infer(self, request: BertInferenceRequest) -> BertInferenceResult:
-        """Choose the device and classify (blocking)."""
+    def _warm_model(self, request: BertInferenceRequest) -> LoadedModel:
+        """Choose the device and return the run's warm model (blocking)."""
         device = select_device(request.use_gpu, self.settings.gpu.device)
-        return predict(self.cache, request, device)
+        return self.cache.get(request.run_id, device)

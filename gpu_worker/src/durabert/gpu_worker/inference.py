@@ -8,6 +8,10 @@ With an object-store artifact root, each call first compares the store's complet
 the model with the one in the worker's local copy (one small read) and downloads the model
 when it is missing or newer; the download changes the manifest's modification time, so the
 new model replaces the warm one as above.
+
+Forward passes are :func:`classify_texts`; the inference activity runs them through the
+:class:`~durabert.gpu_worker.batching.InferenceBatcher`, which gathers concurrent requests for the
+same model into shared passes.
 """
 
 import threading
@@ -15,6 +19,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+from durabert.gpu_worker.batching import Prediction
 from durabert.gpu_worker.device import Device
 from durabert.gpu_worker.mirror import RunMirror
 from durabert.gpu_worker.model_folder import model_version
@@ -41,6 +46,8 @@ class LoadedModel:
     """Class names by id."""
     device: Device
     """Where the model's weights live."""
+    key: CacheKey
+    """The cache key it was loaded under: requests for equal keys may share forward passes."""
 
 
 class ModelCache:
@@ -106,7 +113,7 @@ class ModelCache:
             if cached is not None:
                 self._models.move_to_end(key)
                 return cached
-            loaded = self._load(run_id, device)
+            loaded = self._load(key)
             self._models[key] = loaded
             for stale in [k for k in self._models if k[0] == run_id and k != key]:
                 del self._models[stale]  # an older version of the same run
@@ -115,9 +122,10 @@ class ModelCache:
                 log.info("evicted model from inference cache", run_id=evicted[0])
             return loaded
 
-    def _load(self, run_id: str, device: Device) -> LoadedModel:
+    def _load(self, key: CacheKey) -> LoadedModel:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        run_id, _, device = key
         folder = self.store.model_dir(run_id)
         tokenizer = AutoTokenizer.from_pretrained(folder)
         model = AutoModelForSequenceClassification.from_pretrained(folder).to(device).eval()
@@ -125,41 +133,51 @@ class ModelCache:
         labels = [str(id2label[index]) for index in range(model.config.num_labels)]
         self.loads += 1
         log.info("loaded model for inference", run_id=run_id, device=device, folder=str(folder))
-        return LoadedModel(model, tokenizer, labels, device)
+        return LoadedModel(model, tokenizer, labels, device, key)
 
 
-def predict(cache: ModelCache, request: BertInferenceRequest, device: Device) -> BertInferenceResult:
-    """Classify the request's texts in batches with the run's warm model.
+def classify_texts(loaded: LoadedModel, texts: list[str], max_seq_length: int) -> list[Prediction]:
+    """Classify texts in one forward pass (blocking: the batcher runs it in a thread).
 
     Args:
-        cache: The model cache.
-        request: Texts and batching options.
-        device: Device to run on.
+        loaded: The warm model.
+        texts: The pass's texts, from one or several requests.
+        max_seq_length: Tokens per text after truncation.
 
     Returns:
-        Predicted ids, names and softmax confidences.
+        The predicted class and its softmax probability per text, in order.
     """
     import torch
 
-    loaded = cache.get(request.run_id, device)
-    ids: list[int] = []
-    confidences: list[float] = []
     with torch.inference_mode():
-        for start in range(0, len(request.texts), request.batch_size):
-            batch = request.texts[start : start + request.batch_size]
-            inputs = loaded.tokenizer(
-                batch, truncation=True, max_length=request.max_seq_length, padding=True, return_tensors="pt"
-            ).to(device)
-            probabilities = loaded.model(**inputs).logits.float().softmax(dim=-1)
-            best = probabilities.max(dim=-1)
-            ids.extend(int(index) for index in best.indices.tolist())
-            confidences.extend(float(value) for value in best.values.tolist())
+        inputs = loaded.tokenizer(
+            texts, truncation=True, max_length=max_seq_length, padding=True, return_tensors="pt"
+        ).to(loaded.device)
+        best = loaded.model(**inputs).logits.float().softmax(dim=-1).max(dim=-1)
+        pairs = zip(best.indices.tolist(), best.values.tolist(), strict=True)
+    return [Prediction(int(label), float(confidence)) for label, confidence in pairs]
+
+
+def inference_result(
+    request: BertInferenceRequest, loaded: LoadedModel, predictions: list[Prediction]
+) -> BertInferenceResult:
+    """Build the answer of one request from its texts' predictions.
+
+    Args:
+        request: The request.
+        loaded: The model that answered it.
+        predictions: One per text, in order.
+
+    Returns:
+        Predicted ids, names and confidences.
+    """
+    labels = [prediction.label for prediction in predictions]
     return BertInferenceResult(
         run_id=request.run_id,
         texts=list(request.texts),
-        predicted_labels=ids,
-        predicted_label_names=[loaded.label_names[index] for index in ids],
-        confidences=confidences,
+        predicted_labels=labels,
+        predicted_label_names=[loaded.label_names[label] for label in labels],
+        confidences=[prediction.confidence for prediction in predictions],
         label_names=loaded.label_names,
-        device=device,
+        device=loaded.device,
     )
