@@ -30,7 +30,7 @@ from durabert.shared.models import BertInferenceRequest, BertInferenceResult
 
 log = get_logger(__name__)
 
-CacheKey = tuple[str, int, str]
+CacheKey = tuple[str, int, Device]
 """(run id, model version, device)."""
 
 
