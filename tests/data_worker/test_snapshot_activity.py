@@ -74,6 +74,7 @@ def test_spec_registers_the_activity_with_a_thread_per_slot(local_settings) -> N
     # The data worker also serves the run-claim activity (a store operation that needs no GPU).
     assert {activity._Definition.must_from_callable(fn).name for fn in spec.activities} == {
         names.CREATE_DATASET_SNAPSHOT,
+        names.CREATE_SCORING_SNAPSHOT,
         names.CLAIM_RUN,
     }
     assert spec.max_concurrent_activities == 3

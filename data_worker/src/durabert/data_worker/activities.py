@@ -1,4 +1,6 @@
-"""The ``create_dataset_snapshot`` activity: a thin Temporal shell around :mod:`.snapshot`.
+"""The data worker's snapshot activities: thin Temporal shells around their plain functions.
+
+:mod:`.snapshot` builds training snapshots, :mod:`.scoring_snapshot` the rows batch scoring reads.
 
 The activity is a sync ``def`` run on the worker's thread pool: there ``activity.heartbeat``
 works from any thread that carries the activity's context, and a cancellation is raised
@@ -16,10 +18,16 @@ from temporalio import activity
 from temporalio.exceptions import CancelledError
 
 from durabert.data_worker.failures import redacted_failure
+from durabert.data_worker.scoring_snapshot import create_scoring_snapshot
 from durabert.data_worker.snapshot import SnapshotOutcome, create_snapshot
 from durabert.shared import names
 from durabert.shared.logging import bind_run_id, get_logger
-from durabert.shared.models import DatasetSnapshotRequest, DatasetSnapshotResult
+from durabert.shared.models import (
+    DatasetSnapshotRequest,
+    DatasetSnapshotResult,
+    ScoringSnapshotRequest,
+    ScoringSnapshotResult,
+)
 from durabert.shared.redaction import redact
 from durabert.shared.settings import DurabertSettings
 
@@ -148,5 +156,38 @@ class SnapshotActivities:
                 outcome = _snapshot_or_redacted_failure(request, self._settings)
             _log_outcome(outcome)
             return outcome.result
+        finally:
+            bind_run_id(None)
+
+    @activity.defn(name=names.CREATE_SCORING_SNAPSHOT)
+    def create_scoring_snapshot(self, request: ScoringSnapshotRequest) -> ScoringSnapshotResult:
+        """Freeze a dataset to score (no labels, input order, every row), or reuse the existing snapshot.
+
+        Args:
+            request: What to score.
+
+        Returns:
+            The scoring snapshot; ``cache_hit`` tells whether it already existed.
+
+        Raises:
+            ApplicationError: Non-retryable ``InvalidInputError`` or ``ConfigurationError`` naming
+                the field at fault.
+        """
+        bind_run_id(request.run_id)
+        try:
+            with _BackgroundHeartbeat(heartbeat_interval(activity.info().heartbeat_timeout)):
+                try:
+                    result = create_scoring_snapshot(request, self._settings, _progress)
+                except CancelledError:
+                    raise
+                except Exception as exc:
+                    # As for training snapshots: rebuilt without URL credentials, causes dropped.
+                    raise redacted_failure(exc) from None
+            log.info(
+                "scoring snapshot reused" if result.cache_hit else "scoring snapshot created",
+                snapshot_id=result.snapshot_id,
+                rows=result.num_rows,
+            )
+            return result
         finally:
             bind_run_id(None)

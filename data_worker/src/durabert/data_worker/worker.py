@@ -23,7 +23,11 @@ def build_spec(settings: DurabertSettings) -> WorkerSpec:
     return WorkerSpec(
         role="data",
         task_queue=settings.queues.data,
-        activities=[activities.create_dataset_snapshot, RunClaimActivities(settings).claim_run],
+        activities=[
+            activities.create_dataset_snapshot,
+            activities.create_scoring_snapshot,
+            RunClaimActivities(settings).claim_run,
+        ],
         # The snapshot activity is sync (heartbeats and cancellation work from its thread):
         # one thread per activity slot, so no accepted task waits for a thread.
         activity_executor=ThreadPoolExecutor(max_workers=slots, thread_name_prefix="snapshot"),

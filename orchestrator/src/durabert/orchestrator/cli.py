@@ -1,4 +1,4 @@
-"""``durabert``: the client CLI (train, status, watch, cancel, infer, runs).
+"""``durabert``: the client CLI (train, status, watch, cancel, infer, predict, runs).
 
 Exit codes: 0 done, 1 the run or the server said no (unknown run, unreachable server, a
 failed run, a run already running, a run id in use), 2 bad input (config file, arguments,
@@ -26,7 +26,7 @@ from rich.text import Text
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.service import RPCError
 
-from durabert.orchestrator import client_ops, progress
+from durabert.orchestrator import client_ops, predict_ops, progress
 from durabert.orchestrator.client_ops import (
     RunAlreadyRunningError,
     RunIdInUseError,
@@ -41,13 +41,19 @@ from durabert.orchestrator.config_file import (
     load_config,
     read_texts,
 )
-from durabert.orchestrator.progress import format_progress, predictions_table, result_table
+from durabert.orchestrator.predict_ops import load_batch_request
+from durabert.orchestrator.progress import (
+    format_progress,
+    predictions_table,
+    result_table,
+    scoring_result_table,
+)
 from durabert.shared import names
 from durabert.shared.cli_support import exit_now
 from durabert.shared.client import TemporalUnreachableError, connect_client
 from durabert.shared.errors import ErrorType
 from durabert.shared.logging import bind_run_id, configure_logging
-from durabert.shared.models import BertFineTuneConfig, BertInferenceRequest
+from durabert.shared.models import BertBatchInferenceRequest, BertFineTuneConfig, BertInferenceRequest
 from durabert.shared.settings import DurabertSettings, load_settings
 
 EXIT_OK = 0
@@ -159,6 +165,25 @@ def _add_infer(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     _json_option(infer, "the predictions")
 
 
+def _add_predict(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    predict = commands.add_parser(
+        "predict", help="score a whole dataset with a finished run's model, durably, into a Parquet file"
+    )
+    predict.add_argument("run_id", metavar="RUN_ID")
+    predict.add_argument(
+        "config",
+        type=Path,
+        metavar="CONFIG",
+        help="YAML or JSON file: dataset_name, data_files, text_field, max_samples, chunk_rows, ...",
+    )
+    predict.add_argument("--out", type=Path, metavar="FILE", help="also copy the output Parquet to FILE")
+    predict.add_argument(
+        "--no-wait", dest="wait", action="store_false", help="start scoring and return (follow it with watch)"
+    )
+    _watch_options(predict)
+    _json_option(predict, "the result")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser of every subcommand.
 
@@ -183,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("run_id", metavar="RUN_ID")
     cancel.add_argument("--wait", action="store_true", help="wait until the run has stopped")
     _add_infer(commands)
+    _add_predict(commands)
     runs = commands.add_parser("runs", help="list recent training runs and their state")
     runs.add_argument("--limit", type=_positive_int, default=20, help="most runs to list (default 20)")
     _json_option(runs, "the runs")
@@ -296,6 +322,8 @@ async def _train(ctx: _Context, config: BertFineTuneConfig) -> int:
 
 async def _watch(ctx: _Context) -> int:
     bind_run_id(ctx.args.run_id)
+    if await predict_ops.is_batch_scoring(ctx.client, ctx.args.run_id):
+        return await _report_predict(ctx, ctx.args.run_id)
     return await _report_watch(ctx, ctx.args.run_id)
 
 
@@ -376,6 +404,52 @@ async def _infer(ctx: _Context, request: BertInferenceRequest) -> int:
     return EXIT_OK
 
 
+async def _predict(ctx: _Context, request: BertBatchInferenceRequest) -> int:
+    bind_run_id(request.run_id)
+    handle = await predict_ops.start_predict(ctx.client, ctx.settings, request)
+    json_mode = bool(ctx.args.json)
+    ctx.output.say(f"started batch scoring {handle.id} with run {request.run_id}", json_mode=json_mode)
+    ctx.output.say(f"watch it with: durabert watch {handle.id}", json_mode=json_mode)
+    if not ctx.args.wait:
+        if json_mode:
+            ctx.output.json({"run_id": request.run_id, "workflow_id": handle.id})
+        return EXIT_OK
+    return await _report_predict(ctx, handle.id)
+
+
+async def _report_predict(ctx: _Context, workflow_id: str) -> int:
+    """Follow a batch scoring, print how it ended, and copy the output to ``--out`` when asked."""
+    json_mode = bool(ctx.args.json)
+    output = ctx.output
+    with _ctrl_c_detaches(ctx.detach) as detach:
+        outcome = await progress.watch_scoring(
+            ctx.client,
+            workflow_id,
+            output.err if json_mode else output.out,
+            interval=ctx.args.interval,
+            detach=detach,
+        )
+    if outcome.detached:
+        output.say(f"detached; scoring goes on: durabert watch {workflow_id}", json_mode=json_mode)
+        return EXIT_OK
+    if outcome.result is None:
+        output.error(f"batch scoring {workflow_id} {outcome.status}: {outcome.error}")
+        return EXIT_FAILED
+    out: Path | None = getattr(ctx.args, "out", None)
+    if out is not None:
+        try:
+            predict_ops.copy_output(ctx.settings, outcome.result.output_path, out)
+        except OSError as exc:
+            output.error(f"scoring finished, but --out {out} could not be written: {exc}")
+            return EXIT_FAILED
+        output.say(f"predictions copied to {out}", json_mode=json_mode)
+    if json_mode:
+        output.json(outcome.result.model_dump(mode="json"))
+    else:
+        output.out.print(scoring_result_table(outcome.result))
+    return EXIT_OK
+
+
 async def _runs(ctx: _Context) -> int:
     runs = await client_ops.list_runs(ctx.client, ctx.args.limit)
     if ctx.args.json:
@@ -414,6 +488,9 @@ def _prepare(args: argparse.Namespace) -> _Handler:
         }
         request = build_inference_request(args.run_id, texts, **options)
         return lambda ctx: _infer(ctx, request)
+    if args.command == "predict":
+        batch = load_batch_request(args.config, args.run_id)
+        return lambda ctx: _predict(ctx, batch)
     return _COMMANDS[args.command]
 
 

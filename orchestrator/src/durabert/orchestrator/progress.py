@@ -25,7 +25,14 @@ from rich.text import Text
 from temporalio.client import Client
 
 from durabert.orchestrator.client_ops import LiveProgress, WatchOutcome, watch_run
-from durabert.shared.models import BertFineTuneResult, BertInferenceResult, TrainingProgress
+from durabert.orchestrator.predict_ops import PredictOutcome, watch_predict
+from durabert.shared.models import (
+    BatchInferenceProgress,
+    BertBatchInferenceResult,
+    BertFineTuneResult,
+    BertInferenceResult,
+    TrainingProgress,
+)
 
 WAITING_TEXT = "waiting for the orchestrator worker to answer"
 """Shown while a progress query gets no answer (no worker polling the queue yet)."""
@@ -300,3 +307,77 @@ async def watch(
                 on_progress(reading)
 
         return await watch_run(client, run_id, interval=interval, detach=detach, on_progress=show)
+
+
+def format_scoring(progress: BatchInferenceProgress | None) -> str:
+    """Render a batch scoring's progress as one line (``durabert predict`` and ``durabert watch``).
+
+    Args:
+        progress: The merged progress, or None while nothing answers.
+
+    Returns:
+        Text such as ``scoring · chunk 3/13 · rows 12,288/50,000 (24%) · resumed chunks 2``.
+    """
+    if progress is None:
+        return WAITING_TEXT
+    parts: list[str] = [progress.stage]
+    if progress.chunks:
+        parts.append(f"chunk {progress.chunks_done}/{progress.chunks}")
+    if progress.num_rows:
+        percent = 100 * progress.rows_done // progress.num_rows
+        parts.append(f"rows {progress.rows_done:,}/{progress.num_rows:,} ({percent}%)")
+    if progress.resumed_chunks:
+        parts.append(f"resumed chunks {progress.resumed_chunks}")
+    if progress.error:
+        parts.append(f"error: {progress.error}")
+    return " · ".join(parts)
+
+
+def scoring_result_table(result: BertBatchInferenceResult) -> Table:
+    """Build the two-column table ``durabert predict`` prints for a finished scoring.
+
+    Args:
+        result: The batch scoring workflow's result.
+
+    Returns:
+        The table, ready to print.
+    """
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for label, value in (
+        ("run id", result.run_id),
+        ("snapshot", result.snapshot_id),
+        ("rows", f"{result.num_rows:,}"),
+        ("chunks", f"{result.chunks} ({result.resumed_chunks} resumed)"),
+        ("device", result.device),
+        ("output", f"{result.output_path} (under the artifact root)"),
+    ):
+        table.add_row(label, Text(value))
+    return table
+
+
+async def watch_scoring(
+    client: Client, workflow_id: str, console: Console, *, interval: float, detach: asyncio.Event
+) -> PredictOutcome:
+    """Print a batch scoring's progress on ``console``, a line each time it changes, until it closes.
+
+    Args:
+        client: A connected client.
+        workflow_id: The scoring workflow's id.
+        console: Where lines go.
+        interval: Seconds between progress reads.
+        detach: Set (by Ctrl-C) to stop watching; scoring goes on.
+
+    Returns:
+        How watching ended.
+    """
+    last: list[str] = []
+
+    def show(progress: BatchInferenceProgress | None) -> None:
+        text = format_scoring(progress)
+        if last != [text]:
+            console.print(text, markup=False, highlight=False, soft_wrap=True)
+            last[:] = [text]
+
+    return await watch_predict(client, workflow_id, interval=interval, detach=detach, on_progress=show)

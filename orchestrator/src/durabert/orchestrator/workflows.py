@@ -489,7 +489,18 @@ class AutoUpgradeBertInferenceWorkflow(BertInferenceWorkflow):
         return await super().run(*args)
 
 
-WORKFLOWS: list[type] = [CheckpointedBertTrainingWorkflow, BertInferenceWorkflow]
+# Imported here, not at the top: the batch scoring workflow lives in its own module and is only
+# listed beside the others.
+from durabert.orchestrator.batch_workflow import (  # noqa: E402
+    BertBatchInferenceWorkflow,
+    PinnedBertBatchInferenceWorkflow,
+)
+
+WORKFLOWS: list[type] = [CheckpointedBertTrainingWorkflow, BertInferenceWorkflow, BertBatchInferenceWorkflow]
 """Every workflow an unversioned orchestrator worker registers (dev, tests, replay)."""
-VERSIONED_WORKFLOWS: list[type] = [PinnedBertTrainingWorkflow, AutoUpgradeBertInferenceWorkflow]
+VERSIONED_WORKFLOWS: list[type] = [
+    PinnedBertTrainingWorkflow,
+    AutoUpgradeBertInferenceWorkflow,
+    PinnedBertBatchInferenceWorkflow,
+]
 """The same workflows with their versioning behavior, for an orchestrator with a build id."""

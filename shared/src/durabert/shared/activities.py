@@ -9,6 +9,8 @@ from temporalio import activity
 
 from durabert.shared import names
 from durabert.shared.models import (
+    BatchScoringRequest,
+    BertBatchInferenceResult,
     BertFineTuneRequest,
     BertFineTuneResult,
     BertInferenceRequest,
@@ -17,6 +19,8 @@ from durabert.shared.models import (
     DatasetSnapshotResult,
     RunClaimRequest,
     RunClaimResult,
+    ScoringSnapshotRequest,
+    ScoringSnapshotResult,
 )
 
 
@@ -41,4 +45,16 @@ async def fine_tune_bert(request: BertFineTuneRequest) -> BertFineTuneResult:
 @activity.defn(name=names.RUN_BERT_INFERENCE)
 async def run_bert_inference(request: BertInferenceRequest) -> BertInferenceResult:
     """Classify texts with a finished run's model (runs on the GPU worker)."""
+    raise NotImplementedError("declaration only: the GPU worker implements this activity")
+
+
+@activity.defn(name=names.CREATE_SCORING_SNAPSHOT)
+async def create_scoring_snapshot(request: ScoringSnapshotRequest) -> ScoringSnapshotResult:
+    """Freeze a dataset to score, unlabelled and in input order (runs on the data worker)."""
+    raise NotImplementedError("declaration only: the data worker implements this activity")
+
+
+@activity.defn(name=names.SCORE_DATASET)
+async def score_dataset(request: BatchScoringRequest) -> BertBatchInferenceResult:
+    """Score a scoring snapshot in stored chunks, resuming at the first missing one (GPU worker)."""
     raise NotImplementedError("declaration only: the GPU worker implements this activity")

@@ -595,3 +595,183 @@ class RunClaimResult(ContractModel):
     """Chain id of the earlier run this one continues, when ``continue_run`` took one over."""
     config_changes: dict[str, Any] = Field(default_factory=dict)
     """Fields whose value differs from the earlier run's config (``{field: [old, new]}``)."""
+
+
+# -- batch scoring (``durabert predict``) --------------------------------------------------------
+
+DEFAULT_SCORING_CHUNK_ROWS: Final = 4096
+"""Rows per stored chunk of batch scoring: what a killed worker may have to score again."""
+DEFAULT_SCORING_BATCH_SIZE: Final = 64
+"""Texts per forward pass of batch scoring."""
+SCORING_ROWS_FILE: Final = "rows.parquet"
+"""File of a scoring snapshot folder holding the rows to score: ``row_index`` (int64) and ``text``."""
+
+
+class ScoringSnapshotRequest(ContractModel):
+    """Input of ``create_scoring_snapshot``: a dataset as training takes it, without labels."""
+
+    run_id: RunId
+    """Run whose model will score the rows (for logs; the snapshot itself is shared by content)."""
+    dataset_name: str = Field(min_length=1)
+    """A hub dataset id, or ``json``/``csv``/``parquet`` together with ``data_files``."""
+    dataset_config_name: str | None = Field(
+        default=None, validation_alias=AliasChoices("dataset_config_name", "dataset_config")
+    )
+    """Hub dataset configuration name; ``dataset_config`` is accepted as an alias, as in training."""
+    data_files: DataFiles | None = Field(default=None, validate_default=True)
+    """Local paths, globs or URLs of the data files, for ``json``/``csv``/``parquet`` sources."""
+    text_field: str = Field(default="text", min_length=1)
+    """Column holding the text to classify; every row must have one (rows are never dropped)."""
+    max_samples: int | None = Field(default=None, ge=1)
+    """Score only the first N rows of the ``train`` split, in input order (never a shuffled sample)."""
+    trust_remote_code: bool = False
+    """Allow a hub dataset to run its own loading script (only where the data worker allows it)."""
+
+    @field_validator("data_files")
+    @classmethod
+    def _files_need_a_file_loader(cls, value: DataFiles | None, info: ValidationInfo) -> DataFiles | None:
+        # The same rule as training's source, from its one home.
+        checked: DataFiles | None = _DatasetSource._files_need_a_file_loader(value, info)
+        return checked
+
+
+class ScoringSnapshotResult(ContractModel):
+    """A materialised scoring snapshot: ``snapshots/<snapshot_id>/rows.parquet`` in input order."""
+
+    snapshot_id: str = Field(min_length=1)
+    """Stable id derived from the rows' content and order: same rows, same id."""
+    snapshot_path: ArtifactPath
+    """Snapshot folder, relative to the artifact root."""
+    num_rows: int = Field(ge=1)
+    """Rows to score."""
+    data_hash: str
+    """SHA-256 over every row's text, in order."""
+    cache_hit: bool = False
+    """True when the snapshot already existed and was reused."""
+
+
+class BertBatchInferenceRequest(ScoringSnapshotRequest):
+    """Input of ``BertBatchInferenceWorkflow``: score a whole dataset with a finished run's model."""
+
+    max_seq_length: int = Field(default=128, ge=8, le=512)
+    """Tokens per text after truncation."""
+    use_gpu: bool = True
+    """Use CUDA or Apple MPS when the worker has one."""
+    chunk_rows: int = Field(default=DEFAULT_SCORING_CHUNK_ROWS, ge=1, le=10_000_000)
+    """Rows per stored chunk: a killed worker resumes at the first chunk not stored complete."""
+    batch_size: int = Field(default=DEFAULT_SCORING_BATCH_SIZE, ge=1, le=4096)
+    """Texts per forward pass."""
+    heartbeat_timeout_seconds: int = Field(default=120, ge=5, le=3600)
+    """A silent scoring worker is presumed dead after this long; the next attempt resumes at the first
+    missing chunk."""
+    timeout_hours: float = Field(default=24.0, gt=0, le=24 * 30)
+    """Most time one scoring (or snapshot) attempt may take."""
+    max_attempts: int = Field(default=5, ge=1, le=100)
+    """Most attempts of each step (the first included) before the workflow fails."""
+
+    def snapshot_request(self) -> ScoringSnapshotRequest:
+        """Build the data worker's request for this request's dataset.
+
+        Returns:
+            The scoring snapshot request.
+        """
+        return ScoringSnapshotRequest(**self.model_dump(include=set(ScoringSnapshotRequest.model_fields)))
+
+
+class BatchScoringRequest(ContractModel):
+    """Input of the ``score_dataset`` activity."""
+
+    request: BertBatchInferenceRequest
+    """The workflow's request (run, sizes, device)."""
+    snapshot: ScoringSnapshotResult
+    """The rows to score (scoring never reads the raw source)."""
+
+
+class BertBatchInferenceResult(ContractModel):
+    """Outcome of scoring a whole dataset."""
+
+    run_id: RunId
+    """Run whose model scored the rows."""
+    snapshot_id: str
+    """Scoring snapshot scored."""
+    num_rows: int = Field(ge=0)
+    """Rows in the output, each input row exactly once."""
+    output_path: ArtifactPath
+    """The Parquet file (``row_index``, the text, ``label``, ``label_name``, ``confidence``, in input
+    order) under ``runs/<run_id>/predictions/<snapshot_id>/``, relative to the artifact root."""
+    chunks: int = Field(ge=0)
+    """Chunks the rows were scored in."""
+    resumed_chunks: int = Field(ge=0)
+    """Chunks found stored complete by earlier attempts and not scored again (all of them when a
+    finished output was reused)."""
+    label_names: list[str] = Field(default_factory=list)
+    """All class names of the model; a label's index is its id."""
+    device: str = "cpu"
+    """Device the rows were scored on."""
+
+
+ScoringStage = Literal["pending", "snapshotting", "scoring", "completed", "failed", "cancelled"]
+"""Where a batch scoring workflow is."""
+
+
+class ScoringHeartbeat(ContractModel):
+    """Live state of a scoring attempt: the heartbeat details ``durabert watch`` shows."""
+
+    chunks_done: int = Field(default=0, ge=0)
+    """Chunks stored complete, earlier attempts' included."""
+    chunks: int = Field(default=0, ge=0)
+    """Chunks in all."""
+    rows_done: int = Field(default=0, ge=0)
+    """Rows in the chunks stored complete."""
+    num_rows: int = Field(default=0, ge=0)
+    """Rows in all."""
+    resumed_chunks: int = Field(default=0, ge=0)
+    """Chunks this attempt found complete and skipped."""
+    device: str | None = None
+    """Device the attempt scores on."""
+    updated_at: str | None = None
+    """ISO 8601 time of the record."""
+
+
+class BatchInferenceProgress(ContractModel):
+    """Answer of the batch scoring workflow's ``get_progress`` query, merged with the live heartbeat."""
+
+    run_id: str | None = None
+    """Run whose model scores the rows."""
+    stage: ScoringStage = "pending"
+    """Current stage of the workflow."""
+    snapshot_id: str | None = None
+    """Scoring snapshot, once taken."""
+    num_rows: int = Field(default=0, ge=0)
+    """Rows to score, once known."""
+    chunks: int = Field(default=0, ge=0)
+    """Chunks in all, once known."""
+    chunks_done: int = Field(default=0, ge=0)
+    """Chunks stored complete (live, from the heartbeat)."""
+    rows_done: int = Field(default=0, ge=0)
+    """Rows in those chunks."""
+    resumed_chunks: int = Field(default=0, ge=0)
+    """Chunks the running (or last) attempt found complete and skipped."""
+    output_path: str | None = None
+    """The output Parquet, once written."""
+    error: str | None = None
+    """Failure message when the stage is ``failed``."""
+
+    def with_heartbeat(self, heartbeat: ScoringHeartbeat) -> "BatchInferenceProgress":
+        """Merge the running attempt's heartbeat into the workflow's durable view.
+
+        Args:
+            heartbeat: Details of the pending ``score_dataset`` activity's latest heartbeat.
+
+        Returns:
+            A copy with the live chunk and row counts.
+        """
+        return self.model_copy(
+            update={
+                "chunks": heartbeat.chunks or self.chunks,
+                "num_rows": heartbeat.num_rows or self.num_rows,
+                "chunks_done": max(self.chunks_done, heartbeat.chunks_done),
+                "rows_done": max(self.rows_done, heartbeat.rows_done),
+                "resumed_chunks": heartbeat.resumed_chunks,
+            }
+        )

@@ -36,3 +36,10 @@ Live step and loss come from the pending activity's heartbeat (see ``TrainingHea
 
 QUEUES_MEMO_KEY: Final = "durabert_queues"
 """Workflow memo key holding ``{"data": ..., "gpu": ...}`` queue overrides for the activities."""
+
+CREATE_SCORING_SNAPSHOT: Final = "create_scoring_snapshot"
+"""Activity: freeze a dataset to score, unlabelled and in input order, every row kept."""
+SCORE_DATASET: Final = "score_dataset"
+"""Activity: score a scoring snapshot in chunks stored complete-or-not, resuming at the first missing one."""
+BATCH_INFERENCE_WORKFLOW: Final = "BertBatchInferenceWorkflow"
+"""Workflow type: snapshot a dataset to score, then score it with a finished run's model."""
