@@ -22,8 +22,8 @@ from rich.console import Console
 from temporalio.client import Client
 
 from durabert.orchestrator.cli import Output, execute
-from durabert.orchestrator.client_ops import run_inference
 from durabert.orchestrator.devserver import DevServer
+from durabert.orchestrator.inference_ops import run_inference
 from durabert.shared.models import BertFineTuneResult, BertInferenceRequest
 from durabert.shared.object_store import ObjectStore
 from support.cluster import Cluster, make_cluster, steps_trained

@@ -2,7 +2,6 @@
 and concurrent requests share forward passes yet each gets what it would get alone."""
 
 import asyncio
-
 import os
 import shutil
 import threading
@@ -13,6 +12,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from durabert.gpu_worker.activities import GpuActivities
+from durabert.gpu_worker.gpu_memory import InferenceMemoryPolicy
 from durabert.gpu_worker.model_folder import MODEL_MANIFEST
 from durabert.gpu_worker.training import run_training
 from durabert.shared.artifacts import ArtifactStore
@@ -118,4 +118,34 @@ async def test_truncation_lengths_never_share_a_pass(trained_root):
         infer(activities, texts=["superb cast " * 20], max_seq_length=128),
     )
     assert activities.batcher.stats.passes == 2
-    assert short.predicted_labels and full.predicted_labels
+    assert len(short.predicted_labels) == len(full.predicted_labels) == 1
+
+
+class SpyPolicy(InferenceMemoryPolicy):
+    """The real policy, recording which hooks inference calls with which device."""
+
+    def __init__(self) -> None:
+        super().__init__(0.25)
+        self.calls: list[tuple[str, str]] = []
+
+    def before_inference(self, device):
+        self.calls.append(("before_inference", device))
+        super().before_inference(device)
+
+    def guarded(self, device, work):
+        self.calls.append(("guarded", device))
+        return super().guarded(device, work)
+
+    def after_batch(self, device):
+        self.calls.append(("after_batch", device))
+        super().after_batch(device)
+
+
+async def test_inference_goes_through_the_gpu_memory_policy(trained_root):
+    activities = activities_for(trained_root)
+    spy = SpyPolicy()
+    activities.memory = activities.cache.memory = spy
+    await infer(activities)
+    await infer(activities)
+    # Capped once before the model's first load; every pass guarded, then released if training runs.
+    assert spy.calls == [("before_inference", "cpu")] + [("guarded", "cpu"), ("after_batch", "cpu")] * 2

@@ -172,25 +172,41 @@ class FakeTrainingWorkflow:
         return self._progress.latest_checkpoint
 
 
+def fake_predictions(request: BertInferenceRequest) -> BertInferenceResult:
+    """Classify by keyword (``positive`` when a text has "good"); refuse :data:`UNKNOWN_RUN` as unknown."""
+    if request.run_id == UNKNOWN_RUN:
+        raise not_found(f"no model for run {request.run_id}")
+    labels = [int("good" in text.lower()) for text in request.texts]
+    label_names = ["negative", "positive"]
+    return BertInferenceResult(
+        run_id=request.run_id,
+        texts=request.texts,
+        predicted_labels=labels,
+        predicted_label_names=[label_names[label] for label in labels],
+        confidences=[0.9 if label else 0.8 for label in labels],
+        label_names=label_names,
+    )
+
+
 @workflow.defn(name=names.INFERENCE_WORKFLOW)
 class FakeInferenceWorkflow:
-    """Labels a text ``positive`` when it contains "good", else ``negative``."""
+    """The inference workflow route, answered by :func:`fake_predictions`."""
 
     @workflow.run
     async def run(self, request: BertInferenceRequest) -> BertInferenceResult:
-        """Classify by keyword; refuse :data:`UNKNOWN_RUN` as a missing model."""
-        if request.run_id == UNKNOWN_RUN:
-            raise not_found(f"no model for run {request.run_id}")
-        labels = [int("good" in text.lower()) for text in request.texts]
-        label_names = ["negative", "positive"]
-        return BertInferenceResult(
-            run_id=request.run_id,
-            texts=request.texts,
-            predicted_labels=labels,
-            predicted_label_names=[label_names[label] for label in labels],
-            confidences=[0.9 if label else 0.8 for label in labels],
-            label_names=label_names,
-        )
+        """Classify by keyword."""
+        return fake_predictions(request)
+
+
+@activity.defn(name=names.RUN_BERT_INFERENCE)
+async def fake_inference(request: BertInferenceRequest) -> BertInferenceResult:
+    """The inference activity (the default, standalone route), answered by :func:`fake_predictions`."""
+    return fake_predictions(request)
+
+
+def inference_worker(client: Client, task_queue: str) -> Worker:
+    """A worker answering inference activities on ``task_queue`` (use it with ``async with``)."""
+    return Worker(client, task_queue=task_queue, activities=[fake_inference])
 
 
 def workflow_worker(client: Client, task_queue: str) -> Worker:

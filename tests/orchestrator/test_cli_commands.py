@@ -20,7 +20,14 @@ from typing import Any
 
 import pytest
 from cli_capture import Captured
-from fake_runs import CLAIMED_PREFIX, UNKNOWN_RUN, FakeTrainer, training_worker, workflow_worker
+from fake_runs import (
+    CLAIMED_PREFIX,
+    UNKNOWN_RUN,
+    FakeTrainer,
+    inference_worker,
+    training_worker,
+    workflow_worker,
+)
 from temporalio import workflow
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
@@ -30,9 +37,10 @@ from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 from durabert.orchestrator import client_ops, demo
 from durabert.orchestrator.cli import execute
 from durabert.orchestrator.devserver import DevServer, free_port
+from durabert.orchestrator.workflows import BertInferenceWorkflow
 from durabert.shared import names
 from durabert.shared.models import BertFineTuneConfig, BertFineTuneResult
-from durabert.shared.settings import DurabertSettings
+from durabert.shared.settings import DurabertSettings, InferenceSettings
 
 pytestmark = pytest.mark.integration
 
@@ -42,7 +50,7 @@ MAX_STEPS = 4
 @pytest.fixture
 def cli_settings(settings: DurabertSettings, queue_name: str) -> DurabertSettings:
     """The session server, with this test's random orchestrator queue."""
-    queues = {"orchestrator": queue_name, "gpu": f"{queue_name}-gpu"}
+    queues = {"orchestrator": queue_name, "gpu": f"{queue_name}-gpu", "inference": f"{queue_name}-infer"}
     return settings.model_copy(update={"queues": settings.queues.model_copy(update=queues)})
 
 
@@ -61,6 +69,7 @@ async def worker(
     async with (
         workflow_worker(client, queues.orchestrator) as running,
         training_worker(client, queues.gpu, trainer),
+        inference_worker(client, queues.inference),
     ):
         yield running
 
@@ -348,10 +357,61 @@ async def test_infer_prints_a_table_and_json(cli: Cli, worker: Worker, tmp_path:
     assert result["predicted_label_names"] == ["positive", "negative", "negative"]
 
 
-async def test_infer_failure_is_reported(cli: Cli, worker: Worker) -> None:
-    code, out = await cli("infer", UNKNOWN_RUN, "text")
+@pytest.mark.parametrize("route", ["activity", "workflow"])
+async def test_infer_failure_is_reported(cli_settings: DurabertSettings, worker: Worker, route: str) -> None:
+    settings = cli_settings.model_copy(update={"inference": InferenceSettings(route=route)})
+    output = Captured()
+    code = await execute(["infer", UNKNOWN_RUN, "text"], settings, output=output)
     assert code == 1
-    assert f"inference with run {UNKNOWN_RUN} failed: ArtifactNotFoundError: no model for run" in out.stderr
+    failed = f"inference with run {UNKNOWN_RUN} failed: ArtifactNotFoundError: no model for run"
+    assert failed in output.stderr
+
+
+async def test_infer_by_workflow_gives_the_same_answer(
+    cli_settings: DurabertSettings, worker: Worker
+) -> None:
+    answers = []
+    for route in ("activity", "workflow"):
+        settings = cli_settings.model_copy(update={"inference": InferenceSettings(route=route)})
+        output = Captured()
+        argv = ["infer", "run-1", "a good film", "dull", "--json"]
+        assert await execute(argv, settings, output=output) == 0
+        answers.append(json.loads(output.stdout))
+    assert answers[0] == answers[1]
+    assert answers[0]["predicted_label_names"] == ["positive", "negative"]
+
+
+@pytest.mark.parametrize("route", ["activity", "workflow"])
+async def test_infer_with_no_gpu_worker_fails_with_the_queue_timeout(
+    cli_settings: DurabertSettings, client: Client, route: str
+) -> None:
+    settings = cli_settings.model_copy(
+        update={"inference": InferenceSettings(route=route, queue_timeout_seconds=1)}
+    )
+    output = Captured()
+    # The real inference workflow runs (for the workflow route); nothing polls the inference queue.
+    async with Worker(client, task_queue=settings.queues.orchestrator, workflows=[BertInferenceWorkflow]):
+        command = execute(["infer", "run-1", "text"], settings, output=output)
+        code = await asyncio.wait_for(command, timeout=60)
+    assert code == 1
+    queue = settings.queues.inference
+    assert f"no GPU worker took the request from task queue {queue!r} within 1 s" in output.stderr
+    assert "DURABERT_INFERENCE__QUEUE_TIMEOUT_SECONDS" in output.stderr
+
+
+async def test_infer_by_workflow_with_no_orchestrator_worker_times_out(
+    cli_settings: DurabertSettings,
+) -> None:
+    settings = cli_settings.model_copy(
+        update={"inference": InferenceSettings(route="workflow", queue_timeout_seconds=1)}
+    )
+    output = Captured()
+    code = await asyncio.wait_for(
+        execute(["infer", "run-1", "text", "--timeout-seconds", "5"], settings, output=output), timeout=60
+    )
+    assert code == 1
+    assert "the inference workflow did not finish within 7 s" in output.stderr
+    assert f"orchestrator worker polling task queue {settings.queues.orchestrator!r}" in output.stderr
 
 
 def _cli_process(env: dict[str, str], *argv: str) -> subprocess.Popen[str]:

@@ -213,7 +213,7 @@ def test_inference_request_limits_name_the_field() -> None:
         build_inference_request("run-1", ["ok", "y" * 10_001])
     with pytest.raises(UserInputError, match=r"^run_id: "):
         build_inference_request("Bad Run", ["ok"])
-    assert build_inference_request("run-1", ["ok"], batch_size=4).batch_size == 4
+    assert build_inference_request("run-1", ["ok"], timeout_seconds=60).timeout_seconds == 60
 
 
 async def test_infer_refuses_257_texts_before_connecting(tmp_path: Path, nowhere: DurabertSettings) -> None:

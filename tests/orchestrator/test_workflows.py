@@ -227,11 +227,11 @@ async def test_inference_workflow_runs_the_activity_and_refuses_bad_input(client
         )
 
     queue = f"orch-{uuid.uuid4().hex[:8]}"
-    gpu = f"gpu-{uuid.uuid4().hex[:8]}"
-    memo = {names.QUEUES_MEMO_KEY: {"gpu": gpu}}
+    inference = f"infer-{uuid.uuid4().hex[:8]}"
+    memo = {names.QUEUES_MEMO_KEY: {"inference": inference}}  # the inference queue, never the GPU one
     async with (
         Worker(client, task_queue=queue, workflows=WORKFLOWS),
-        Worker(client, task_queue=gpu, activities=[infer]),
+        Worker(client, task_queue=inference, activities=[infer]),
     ):
         infer_id = f"infer-{uuid.uuid4().hex[:8]}"
         result = await client.execute_workflow(

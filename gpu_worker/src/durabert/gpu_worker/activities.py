@@ -17,7 +17,8 @@ from durabert.gpu_worker.batching import InferenceBatcher
 from durabert.gpu_worker.data import locate_snapshot
 from durabert.gpu_worker.device import Device, select_device
 from durabert.gpu_worker.events import TrainJob
-from durabert.gpu_worker.inference import LoadedModel, ModelCache, classify_texts, inference_result
+from durabert.gpu_worker.gpu_memory import InferenceMemoryPolicy
+from durabert.gpu_worker.inference import LoadedModel, ModelCache, guarded_pass, inference_result
 from durabert.gpu_worker.mirror import open_mirror
 from durabert.gpu_worker.model_source import resolve_model_source
 from durabert.gpu_worker.reporting import HeartbeatReporter, StallWatchdog
@@ -50,7 +51,9 @@ class GpuActivities:
         self.settings = settings
         self.store = ArtifactStore(settings.artifact_dir)
         self.mirror = open_mirror(settings, self.store)
-        self.cache = ModelCache(self.store, settings.gpu.inference_cache_size, self.mirror)
+        self.memory = InferenceMemoryPolicy(settings.inference.gpu_memory_fraction)
+        """Bounds inference's GPU memory and releases it while training shares the device."""
+        self.cache = ModelCache(self.store, settings.gpu.inference_cache_size, self.mirror, self.memory)
         self.batcher = InferenceBatcher(
             settings.inference.max_batch_size, settings.inference.max_wait_ms / 1000
         )
@@ -95,7 +98,9 @@ class GpuActivities:
             StallWatchdog(request.config.stall_timeout_seconds),
             stop_seconds=self.settings.worker.child_stop_seconds,
         )
-        return await supervised.run()
+        # Inference on this GPU gives back its cached memory while the child trains.
+        with self.memory.training(device):
+            return await supervised.run()
 
     def _check_request(self, request: BertFineTuneRequest) -> Device:
         """Choose the device and fail fast, before a child starts, on what the parent can check cheaply.
@@ -143,7 +148,7 @@ class GpuActivities:
         predictions = await self.batcher.classify(
             (loaded.key, request.max_seq_length),
             request.texts,
-            partial(classify_texts, loaded, max_seq_length=request.max_seq_length),
+            partial(guarded_pass, self.memory, loaded, max_seq_length=request.max_seq_length),
         )
         return inference_result(request, loaded, predictions)
 

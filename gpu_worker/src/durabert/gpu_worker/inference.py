@@ -21,6 +21,7 @@ from typing import Any
 
 from durabert.gpu_worker.batching import Prediction
 from durabert.gpu_worker.device import Device
+from durabert.gpu_worker.gpu_memory import InferenceMemoryPolicy
 from durabert.gpu_worker.mirror import RunMirror
 from durabert.gpu_worker.model_folder import model_version
 from durabert.shared.artifacts import ArtifactStore
@@ -53,7 +54,13 @@ class LoadedModel:
 class ModelCache:
     """Least-recently-used cache of loaded models, safe to use from several threads."""
 
-    def __init__(self, store: ArtifactStore, capacity: int, mirror: RunMirror | None = None) -> None:
+    def __init__(
+        self,
+        store: ArtifactStore,
+        capacity: int,
+        mirror: RunMirror | None = None,
+        memory: InferenceMemoryPolicy | None = None,
+    ) -> None:
         """Create an empty cache.
 
         Args:
@@ -61,9 +68,11 @@ class ModelCache:
                 object-store root).
             capacity: Most models kept in memory.
             mirror: The object store behind ``store``, if it is one.
+            memory: The GPU-memory policy of inference (caps the process before a first CUDA load).
         """
         self.store = store
         self.capacity = capacity
+        self.memory = memory
         self.mirror = mirror
         """The object store models are downloaded from (None with a local artifact root)."""
         self._sync_lock = threading.Lock()
@@ -126,6 +135,8 @@ class ModelCache:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         run_id, _, device = key
+        if self.memory is not None:
+            self.memory.before_inference(device)
         folder = self.store.model_dir(run_id)
         tokenizer = AutoTokenizer.from_pretrained(folder)
         model = AutoModelForSequenceClassification.from_pretrained(folder).to(device).eval()
@@ -156,6 +167,29 @@ def classify_texts(loaded: LoadedModel, texts: list[str], max_seq_length: int) -
         best = loaded.model(**inputs).logits.float().softmax(dim=-1).max(dim=-1)
         pairs = zip(best.indices.tolist(), best.values.tolist(), strict=True)
     return [Prediction(int(label), float(confidence)) for label, confidence in pairs]
+
+
+def guarded_pass(
+    memory: InferenceMemoryPolicy, loaded: LoadedModel, texts: list[str], max_seq_length: int
+) -> list[Prediction]:
+    """Run :func:`classify_texts` under the GPU-memory policy (the batcher's forward pass).
+
+    An out-of-memory pass is retried once after releasing the cache; while training shares the
+    device, the cache is released after every pass (see :mod:`~durabert.gpu_worker.gpu_memory`).
+
+    Args:
+        memory: The policy.
+        loaded: The warm model.
+        texts: The pass's texts.
+        max_seq_length: Tokens per text after truncation.
+
+    Returns:
+        One prediction per text.
+    """
+    try:
+        return memory.guarded(loaded.device, lambda: classify_texts(loaded, texts, max_seq_length))
+    finally:
+        memory.after_batch(loaded.device)
 
 
 def inference_result(

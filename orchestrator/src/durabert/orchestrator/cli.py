@@ -23,10 +23,10 @@ from typing import Any, NoReturn
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
-from temporalio.client import Client, WorkflowFailureError
+from temporalio.client import Client
 from temporalio.service import RPCError
 
-from durabert.orchestrator import client_ops, predict_ops, progress
+from durabert.orchestrator import client_ops, inference_ops, predict_ops, progress
 from durabert.orchestrator.client_ops import (
     RunAlreadyRunningError,
     RunIdInUseError,
@@ -161,7 +161,11 @@ def _add_infer(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     infer.add_argument("texts", nargs="*", metavar="TEXT", help="texts to classify")
     infer.add_argument("--file", type=Path, help="file with one text per line ('-' for stdin)")
     infer.add_argument("--max-seq-length", type=_positive_int, help="tokens per text (default 128)")
-    infer.add_argument("--batch-size", type=_positive_int, help="texts per forward pass (default 32)")
+    infer.add_argument(
+        "--timeout-seconds",
+        type=_positive_int,
+        help="most seconds a GPU worker may take to answer once it has the request (default 300)",
+    )
     _json_option(infer, "the predictions")
 
 
@@ -392,9 +396,9 @@ async def _cancel(ctx: _Context) -> int:
 async def _infer(ctx: _Context, request: BertInferenceRequest) -> int:
     bind_run_id(request.run_id)
     try:
-        result = await client_ops.run_inference(ctx.client, ctx.settings, request)
-    except WorkflowFailureError as exc:
-        ctx.output.error(f"inference with run {request.run_id} failed: {client_ops.failure_message(exc)}")
+        result = await inference_ops.run_inference(ctx.client, ctx.settings, request)
+    except inference_ops.InferenceFailedError as exc:
+        ctx.output.error(f"inference with run {request.run_id} failed: {exc}")
         return EXIT_FAILED
     if ctx.args.json:
         ctx.output.json(result.model_dump(mode="json"))
@@ -481,12 +485,10 @@ def _prepare(args: argparse.Namespace) -> _Handler:
         return lambda ctx: _train(ctx, config)
     if args.command == "infer":
         texts = read_texts(args.texts, args.file)
-        options = {
-            name: value
-            for name, value in (("max_seq_length", args.max_seq_length), ("batch_size", args.batch_size))
-            if value is not None
-        }
-        request = build_inference_request(args.run_id, texts, **options)
+        given = {"max_seq_length": args.max_seq_length, "timeout_seconds": args.timeout_seconds}
+        request = build_inference_request(
+            args.run_id, texts, **{name: value for name, value in given.items() if value is not None}
+        )
         return lambda ctx: _infer(ctx, request)
     if args.command == "predict":
         batch = load_batch_request(args.config, args.run_id)

@@ -33,13 +33,10 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from durabert.orchestrator.run_ids import inference_workflow_id
 from durabert.shared import names
 from durabert.shared.models import (
     BertFineTuneConfig,
     BertFineTuneResult,
-    BertInferenceRequest,
-    BertInferenceResult,
     TrainingHeartbeat,
     TrainingProgress,
 )
@@ -223,7 +220,8 @@ def status_name(status: WorkflowExecutionStatus | None) -> str:
     return status.name.lower() if status is not None else "unknown"
 
 
-def _failure_chain(error: BaseException) -> list[BaseException]:
+def failure_chain(error: BaseException) -> list[BaseException]:
+    """The causes of a Temporal error, outermost first (the error itself excluded)."""
     chain = []
     node: BaseException | None = error.__cause__
     while node is not None:
@@ -245,7 +243,7 @@ def failure_message(error: BaseException) -> str:
         The innermost non-empty message, prefixed with the error type when it has one.
     """
     best = str(error)
-    for node in _failure_chain(error):
+    for node in failure_chain(error):
         text = node.message if isinstance(node, ApplicationError) else str(node)
         if text:
             best = f"{node.type}: {text}" if isinstance(node, ApplicationError) and node.type else text
@@ -261,7 +259,7 @@ def failure_type(error: BaseException) -> str | None:
     Returns:
         The type (an ``ErrorType`` value such as ``RunIdInUseError``), or None when none has one.
     """
-    types = [node.type for node in _failure_chain(error) if isinstance(node, ApplicationError) and node.type]
+    types = [node.type for node in failure_chain(error) if isinstance(node, ApplicationError) and node.type]
     return types[-1] if types else None
 
 
@@ -712,31 +710,3 @@ async def list_runs(client: Client, limit: int) -> list[RunSummary]:
         )
         async for execution in client.list_workflows(query, limit=limit)
     ]
-
-
-async def run_inference(
-    client: Client, settings: DurabertSettings, request: BertInferenceRequest
-) -> BertInferenceResult:
-    """Run the inference workflow and wait for its predictions.
-
-    Args:
-        client: A connected client.
-        settings: durabert settings (orchestrator queue, GPU queue for the memo).
-        request: The validated request.
-
-    Returns:
-        The predictions.
-
-    Raises:
-        WorkflowFailureError: The inference failed (unknown run, bad model, ...).
-    """
-    result: BertInferenceResult = await client.execute_workflow(
-        names.INFERENCE_WORKFLOW,
-        request,
-        id=inference_workflow_id(request.run_id),
-        task_queue=settings.queues.orchestrator,
-        result_type=BertInferenceResult,
-        id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-        memo=settings.queue_memo(),
-    )
-    return result

@@ -135,7 +135,7 @@ def build_inference_request(run_id: str, texts: list[str], **options: Any) -> Be
     Args:
         run_id: The run whose model to use.
         texts: The texts to classify.
-        **options: Further ``BertInferenceRequest`` fields (``max_seq_length``, ``batch_size``).
+        **options: Further ``BertInferenceRequest`` fields (``max_seq_length``, ``timeout_seconds``).
 
     Returns:
         The validated request.

@@ -34,7 +34,7 @@ from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 
-from durabert.orchestrator import client_ops, progress
+from durabert.orchestrator import client_ops, inference_ops, progress
 from durabert.orchestrator.client_ops import DEV_SERVER_UI_PORT, LiveProgress
 from durabert.orchestrator.config_file import build_inference_request
 from durabert.orchestrator.demo_store import DemoStore, StoreKind, local_store, s3_store
@@ -283,7 +283,7 @@ async def train_and_infer(
     train_seconds = time.monotonic() - started
     request = build_inference_request(config.run_id, DEMO_SENTENCES, max_seq_length=config.max_seq_length)
     started = time.monotonic()
-    prediction = await client_ops.run_inference(client, settings, request)
+    prediction = await inference_ops.run_inference(client, settings, request)
     return outcome.result, prediction, train_seconds, time.monotonic() - started
 
 

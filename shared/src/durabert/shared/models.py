@@ -414,6 +414,9 @@ class BertInferenceRequest(ContractModel):
     """Tokens per text after truncation."""
     use_gpu: bool = True
     """Use CUDA or Apple MPS when the worker has one."""
+    batch_size: int | None = Field(default=None, ge=1, le=1024, exclude_if=_omitted)
+    """Ignored: the worker sizes forward passes across requests (``DURABERT_INFERENCE__MAX_BATCH_SIZE``).
+    Still accepted so that requests from older clients, and inference workflows started by them, run."""
     timeout_seconds: int = Field(default=300, ge=5, le=24 * 3600)
     """Most time the inference activity may take once a worker has it (model load included)."""
     queue_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)

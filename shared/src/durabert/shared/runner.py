@@ -154,7 +154,10 @@ async def run_worker(settings: DurabertSettings, spec: WorkerSpec) -> int:
         workflows=len(spec.workflows),
         build_id=settings.worker.build_id if spec.versioned else None,
     )
-    running = asyncio.gather(*(worker.run() for worker in workers))
+    async def run_all() -> None:
+        await asyncio.gather(*(worker.run() for worker in workers))
+
+    running = asyncio.create_task(run_all())
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
     if stop.is_set():
