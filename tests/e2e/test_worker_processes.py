@@ -1,9 +1,10 @@
 """The three workers as separate processes, started by their console scripts, as in production.
 
-Cancelling from the CLI frees the GPU, and two runs sharing one GPU slot train one after the
-other. Killed and preempted GPU workers are the subject of ``test_object_store_processes`` (a
-SIGKILL, resumed on another machine through the bucket), ``reliability/test_faults`` (the chaos
-soak's SIGKILLs) and ``reliability/test_long_runs_preemptions`` (six SIGTERMs).
+Inference is answered while the only training slot trains, cancelling from the CLI frees the GPU,
+and two runs sharing one GPU slot train one after the other. Killed and preempted GPU workers are
+the subject of ``test_object_store_processes`` (a SIGKILL, resumed on another machine through the
+bucket), ``reliability/test_faults`` (the chaos soak's SIGKILLs) and
+``reliability/test_long_runs_preemptions`` (six SIGTERMs).
 """
 
 import asyncio
@@ -16,7 +17,10 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 
 from durabert.orchestrator.cli import execute
+from durabert.orchestrator.inference_ops import run_inference
 from durabert.shared import names
+from durabert.shared.artifacts import write_json_atomic
+from durabert.shared.models import BertInferenceRequest
 from support.cluster import (
     Cluster,
     wait_progress,
@@ -49,13 +53,40 @@ async def _fine_tune_span(handle: WorkflowHandle[Any, Any]) -> tuple[Any, Any]:
     return started, completed
 
 
-async def test_cancel_from_the_cli_frees_the_gpu(
+def publish_finished_model(cluster: Cluster, model_dir: Path, run_id: str) -> None:
+    """Lay out a two-label classifier from ``model_dir`` as a finished run's model folder."""
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    folder = cluster.run_dir(run_id) / "model"
+    labels = {0: "negative", 1: "positive"}
+    model = BertForSequenceClassification.from_pretrained(
+        model_dir, num_labels=2, id2label=labels, label2id={name: index for index, name in labels.items()}
+    )
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(folder)
+    write_json_atomic(folder / "durabert-manifest.json", {"run_id": run_id})
+
+
+async def test_inference_is_answered_while_training_and_cancel_frees_the_gpu(
     client: Client, cluster: Cluster, gpu_worker: WorkerProcess, tiny_model_dir: Path
 ) -> None:
+    # One long run and one test: starting a second one would cost the suite a training start.
+    served = f"served-{uuid.uuid4().hex[:6]}"
+    publish_finished_model(cluster, tiny_model_dir, served)
     run_id = f"cancel-{uuid.uuid4().hex[:6]}"
     handle = await cluster.start_run(client, cluster.config(run_id, tiny_model_dir, max_steps=5000))
-    await wait_progress(handle, lambda p: p.step > 0)
+    training = await wait_progress(handle, lambda p: p.step > 0)
     started = gpu_worker.wait_for(lambda line: line.get("event") == "training process started", 5)
+
+    # The only training slot is busy; inference has slots of its own on the same worker.
+    texts = ["a wonderful film", "a dull script", "superb cast"]
+    request = BertInferenceRequest(run_id=served, texts=texts, use_gpu=False, queue_timeout_seconds=30)
+    answer = await asyncio.wait_for(run_inference(client, cluster.settings, request), timeout=120)
+    assert answer.texts == texts
+    assert set(answer.predicted_label_names) <= {"negative", "positive"}
+    assert len(answer.confidences) == len(texts)
+    still = await wait_progress(handle, lambda p: p.step > training.step)
+    assert still.stage == "training"  # it kept training while inference answered
 
     code = await execute(["cancel", run_id, "--wait"], settings=cluster.settings)
 
