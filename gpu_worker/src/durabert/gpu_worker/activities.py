@@ -18,7 +18,7 @@ from durabert.gpu_worker.data import locate_snapshot
 from durabert.gpu_worker.device import Device, select_device
 from durabert.gpu_worker.events import TrainJob
 from durabert.gpu_worker.gpu_memory import InferenceMemoryPolicy
-from durabert.gpu_worker.inference import LoadedModel, ModelCache, guarded_pass, inference_result
+from durabert.gpu_worker.inference import LoadedModel, ModelCache, classify_texts, inference_result
 from durabert.gpu_worker.mirror import open_mirror
 from durabert.gpu_worker.model_source import resolve_model_source
 from durabert.gpu_worker.reporting import HeartbeatReporter, StallWatchdog
@@ -148,7 +148,7 @@ class GpuActivities:
         predictions = await self.batcher.classify(
             (loaded.key, request.max_seq_length),
             request.texts,
-            partial(guarded_pass, self.memory, loaded, max_seq_length=request.max_seq_length),
+            partial(classify_texts, loaded, max_seq_length=request.max_seq_length),
         )
         return inference_result(request, loaded, predictions)
 

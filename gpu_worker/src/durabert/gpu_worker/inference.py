@@ -16,7 +16,7 @@ same model into shared passes.
 
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from durabert.gpu_worker.batching import Prediction
@@ -49,6 +49,11 @@ class LoadedModel:
     """Where the model's weights live."""
     key: CacheKey
     """The cache key it was loaded under: requests for equal keys may share forward passes."""
+    memory: InferenceMemoryPolicy | None = None
+    """The worker's GPU-memory policy, applied to every pass."""
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    """One pass at a time per model: online inference and batch scoring share warm models, and a
+    fast tokenizer refuses use from two threads at once ("Already borrowed")."""
 
 
 class ModelCache:
@@ -144,11 +149,14 @@ class ModelCache:
         labels = [str(id2label[index]) for index in range(model.config.num_labels)]
         self.loads += 1
         log.info("loaded model for inference", run_id=run_id, device=device, folder=str(folder))
-        return LoadedModel(model, tokenizer, labels, device, key)
+        return LoadedModel(model, tokenizer, labels, device, key, self.memory)
 
 
 def classify_texts(loaded: LoadedModel, texts: list[str], max_seq_length: int) -> list[Prediction]:
-    """Classify texts in one forward pass (blocking: the batcher runs it in a thread).
+    """Classify texts in one forward pass, under the model's lock and the GPU-memory policy (blocking).
+
+    An out-of-memory pass is retried once after releasing the cache; while training shares the
+    device, the cache is released after every pass (see :mod:`~durabert.gpu_worker.gpu_memory`).
 
     Args:
         loaded: The warm model.
@@ -158,6 +166,17 @@ def classify_texts(loaded: LoadedModel, texts: list[str], max_seq_length: int) -
     Returns:
         The predicted class and its softmax probability per text, in order.
     """
+    with loaded.lock:
+        memory = loaded.memory
+        if memory is None:
+            return _forward(loaded, texts, max_seq_length)
+        try:
+            return memory.guarded(loaded.device, lambda: _forward(loaded, texts, max_seq_length))
+        finally:
+            memory.after_batch(loaded.device)
+
+
+def _forward(loaded: LoadedModel, texts: list[str], max_seq_length: int) -> list[Prediction]:
     import torch
 
     with torch.inference_mode():
@@ -167,29 +186,6 @@ def classify_texts(loaded: LoadedModel, texts: list[str], max_seq_length: int) -
         best = loaded.model(**inputs).logits.float().softmax(dim=-1).max(dim=-1)
         pairs = zip(best.indices.tolist(), best.values.tolist(), strict=True)
     return [Prediction(int(label), float(confidence)) for label, confidence in pairs]
-
-
-def guarded_pass(
-    memory: InferenceMemoryPolicy, loaded: LoadedModel, texts: list[str], max_seq_length: int
-) -> list[Prediction]:
-    """Run :func:`classify_texts` under the GPU-memory policy (the batcher's forward pass).
-
-    An out-of-memory pass is retried once after releasing the cache; while training shares the
-    device, the cache is released after every pass (see :mod:`~durabert.gpu_worker.gpu_memory`).
-
-    Args:
-        memory: The policy.
-        loaded: The warm model.
-        texts: The pass's texts.
-        max_seq_length: Tokens per text after truncation.
-
-    Returns:
-        One prediction per text.
-    """
-    try:
-        return memory.guarded(loaded.device, lambda: classify_texts(loaded, texts, max_seq_length))
-    finally:
-        memory.after_batch(loaded.device)
 
 
 def inference_result(
