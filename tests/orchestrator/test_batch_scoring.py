@@ -30,6 +30,7 @@ from durabert.shared.models import (
     ScoringSnapshotResult,
 )
 from durabert.shared.settings import DurabertSettings
+from support.histories import record_history
 
 UNKNOWN_RUN = "no-such-run"
 ROWS = 7
@@ -107,7 +108,7 @@ async def test_predict_scores_and_copies_the_output(
 
 
 async def test_watch_follows_a_scoring_started_without_waiting(
-    predict_settings: DurabertSettings, worker: Worker, tmp_path: Path
+    predict_settings: DurabertSettings, worker: Worker, client: Client, tmp_path: Path
 ) -> None:
     output = Captured()
     argv = ["predict", "run-2", str(write_config(tmp_path)), "--no-wait", "--json"]
@@ -119,6 +120,7 @@ async def test_watch_follows_a_scoring_started_without_waiting(
     assert code == 0, watched.stderr
     assert "completed · chunk 2/2 · rows 7/7 (100%) · resumed chunks 1" in watched.stdout
     assert "runs/run-2/predictions/snap1/predictions.parquet" in watched.stdout
+    await record_history(client.get_workflow_handle(workflow_id), "batch_scoring")
 
 
 async def test_an_unknown_run_fails_with_the_not_found_error(
