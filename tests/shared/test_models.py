@@ -10,6 +10,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from durabert.shared.errors import describe_validation_error
 from durabert.shared.models import (
     MAX_INFERENCE_TEXTS,
+    MAX_INFERENCE_TEXTS_BYTES,
     BertFineTuneConfig,
     BertFineTuneRequest,
     BertFineTuneResult,
@@ -147,6 +148,34 @@ def test_inference_texts_are_bounded() -> None:
     assert _error(BertInferenceRequest, too_many).startswith("texts")
     huge = _error(BertInferenceRequest, {"run_id": "r", "texts": ["ok", "x" * 10_001]})
     assert huge.startswith("texts.1")
+
+
+@pytest.mark.parametrize(("character", "encoded"), [("a", "2,560,769"), ("日", "7,680,769")])
+def test_inference_texts_are_refused_on_their_encoded_size(character: str, encoded: str) -> None:
+    # 256 texts of 10,000 characters pass the count and length limits but not Temporal's 2 MB.
+    message = _error(BertInferenceRequest, {"run_id": "r", "texts": [character * 10_000] * 256})
+    assert message.startswith("texts")
+    assert f"the texts encode to {encoded} bytes, over the 1,048,576" in message
+
+
+@pytest.mark.parametrize("character", ["a", "日", '"'])  # a quote doubles in JSON: "\""
+def test_every_accepted_request_and_its_answer_fit_a_payload(character: str) -> None:
+    width = len(pydantic_data_converter.payload_converter.to_payloads([[character]])[0].data) - 4
+    per_text = (MAX_INFERENCE_TEXTS_BYTES // MAX_INFERENCE_TEXTS - 4) // width  # quotes and a comma each
+    texts = [character * per_text] * MAX_INFERENCE_TEXTS
+    request = BertInferenceRequest(run_id="r", texts=texts)  # just under the limit: accepted
+    labels = [f"label-{index}" for index in range(100)]
+    answer = BertInferenceResult(
+        run_id="r",
+        texts=texts,
+        predicted_labels=[99] * len(texts),
+        predicted_label_names=[labels[-1]] * len(texts),
+        confidences=[0.123456789012345] * len(texts),
+        label_names=labels,
+    )
+    for value in (request, answer):
+        (payload,) = pydantic_data_converter.payload_converter.to_payloads([value])
+        assert len(payload.data) < 2 * 1024 * 1024
 
 
 @pytest.mark.parametrize("path", ["/etc/passwd", "../outside", "runs/../../x", "~/x"])
