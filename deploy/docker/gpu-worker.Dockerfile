@@ -1,5 +1,6 @@
 # syntax=docker/dockerfile:1.7
-# durabert GPU worker image: checkpointed fine-tuning and warm inference on gpu-queue.
+# durabert GPU worker image: checkpointed fine-tuning on gpu-queue and warm, batched online
+# inference on inference-queue, from one process.
 # Build from the repository root:
 #   docker build -f deploy/docker/gpu-worker.Dockerfile -t durabert-gpu-worker:0.1.0 .
 # The CUDA build of torch (its CUDA 13 libraries come as wheels from the lock), transformers,
@@ -42,7 +43,7 @@ ARG VERSION=0.1.0
 # The model is in the image: stay offline unless a run names a hub model (then set it to 0).
 ARG HF_HUB_OFFLINE=1
 LABEL org.opencontainers.image.title="durabert-gpu-worker" \
-      org.opencontainers.image.description="durabert GPU worker (fine-tuning and inference on gpu-queue)" \
+      org.opencontainers.image.description="durabert GPU worker (fine-tuning on gpu-queue, online inference on inference-queue)" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.licenses="Apache-2.0"
 # A passwd entry, not only a numeric USER: torch's compile caches call getpass.getuser().

@@ -119,6 +119,8 @@ ROLES = {
     )
 }
 ROLE_BY_DEPLOYMENT = {role.deployment: role for role in ROLES.values()}
+# Online inference's queue: polled by the GPU workers beside their training queue.
+INFERENCE_QUEUE_SETTING = "DURABERT_QUEUES__INFERENCE"
 
 
 # --- tools -------------------------------------------------------------------------------
@@ -540,6 +542,26 @@ def check_roles(objects: Objects) -> list[str]:
                 problems.append(f"{name}: {other.queue_setting} is the same queue {value!r}")
     if seen != set(ROLES):
         problems.append(f"roles deployed: {sorted(seen)}, expected {sorted(ROLES)}")
+    return problems
+
+
+def check_inference_queue(objects: Objects) -> list[str]:
+    """Every role names the same inference queue, and it is none of the roles' own queues."""
+    problems = []
+    for deployment in deployments(objects):
+        name = deployment["metadata"]["name"]
+        env = container_env(objects, worker_container(deployment))
+        queue = env.get(INFERENCE_QUEUE_SETTING, names.INFERENCE_QUEUE)
+        # Clients and workflows send requests where their settings say; only the GPU workers poll it.
+        if queue != names.INFERENCE_QUEUE:
+            problems.append(
+                f"{name}: {INFERENCE_QUEUE_SETTING}={queue!r}, expected {names.INFERENCE_QUEUE!r}"
+            )
+        for role in ROLES.values():
+            if env.get(role.queue_setting, role.default_queue) == queue:
+                problems.append(
+                    f"{name}: {INFERENCE_QUEUE_SETTING} is {role.queue_setting}'s queue {queue!r}"
+                )
     return problems
 
 
@@ -1047,18 +1069,16 @@ def check_tls_paths(objects: Objects) -> list[str]:
 
 
 def check_keda(objects: Objects) -> list[str]:
-    """The ScaledObject watches the GPU workers' namespace and queue, with existing auth."""
-    problems = []
+    """The ScaledObject watches both GPU worker queues in their namespace, with existing auth."""
     objects_by_kind = {kind: of_kind(objects, kind) for kind in CRD_KINDS}
     scaled = objects_by_kind["ScaledObject"]
     if len(scaled) != 1:
         return [f"expected one ScaledObject, found {len(scaled)}"]
     spec = scaled[0]["spec"]
-    gpu = find(objects, "Deployment", ROLES["gpu"].deployment)
+    problems = []
     if spec["scaleTargetRef"].get("name") != ROLES["gpu"].deployment:
         problems.append(f"ScaledObject scales {spec['scaleTargetRef'].get('name')}, not the GPU workers")
-    container = worker_container(gpu)
-    env = container_env(objects, container)
+    container = worker_container(find(objects, "Deployment", ROLES["gpu"].deployment))
     settings = pod_settings(objects, container)
     if settings is None:
         return problems
@@ -1067,27 +1087,53 @@ def check_keda(objects: Objects) -> list[str]:
     if spec.get("minReplicaCount", 0) < 1:
         problems.append("minReplicaCount must keep a GPU worker: the scaler cannot see running fine-tunes")
     triggers = [t for t in spec.get("triggers", []) if t.get("type") == "temporal"]
-    if len(triggers) != 1:
-        return [*problems, "expected one temporal trigger"]
-    meta = triggers[0]["metadata"]
-    if meta.get("taskQueue") != settings.queues.gpu:
-        problems.append(f"scaler watches {meta.get('taskQueue')!r}, workers poll {settings.queues.gpu!r}")
+    # The GPU workers poll two queues: a backlog on either one must be able to add a worker.
+    polled = {
+        ROLES["gpu"].queue_setting: settings.queues.gpu,
+        INFERENCE_QUEUE_SETTING: settings.queues.inference,
+    }
+    watched = [t["metadata"].get("taskQueue") for t in triggers]
+    problems += [
+        f"scaler watches {queue!r}, which the GPU workers do not poll"
+        for queue in watched
+        if queue not in polled.values()
+    ]
+    problems += [
+        f"no scaler trigger watches {queue!r} ({name})"
+        for name, queue in polled.items()
+        if watched.count(queue) != 1
+    ]
+    auth_names = {a["metadata"]["name"] for a in objects_by_kind["TriggerAuthentication"]}
+    env = container_env(objects, container)
+    for trigger in triggers:
+        problems += _temporal_trigger_problems(trigger, settings, env, auth_names)
+    return problems
+
+
+def _temporal_trigger_problems(
+    trigger: dict[str, Any], settings: DurabertSettings, env: dict[str, str], auth_names: set[str]
+) -> list[str]:
+    """One temporal trigger reads the workers' server, namespace and activity backlog."""
+    problems = []
+    meta = trigger["metadata"]
+    queue = meta.get("taskQueue")
     if meta.get("namespace") != settings.temporal.namespace:
-        problems.append(f"scaler namespace {meta.get('namespace')!r} != {settings.temporal.namespace!r}")
+        problems.append(
+            f"{queue}: scaler namespace {meta.get('namespace')!r} != {settings.temporal.namespace!r}"
+        )
     if "activity" not in str(meta.get("queueTypes", "workflow")).split(","):
-        problems.append("gpu-queue holds activity tasks: queueTypes must include activity")
+        problems.append(f"{queue} holds activity tasks: queueTypes must include activity")
     endpoint_env = meta.get("endpointFromEnv")
     if (endpoint_env is None and meta.get("endpoint") != settings.temporal.address) or (
         endpoint_env is not None and endpoint_env not in env
     ):
-        problems.append("scaler endpoint is not the workers' DURABERT_TEMPORAL__ADDRESS")
+        problems.append(f"{queue}: scaler endpoint is not the workers' DURABERT_TEMPORAL__ADDRESS")
     for key in ("targetQueueSize", "activationTargetQueueSize"):
         if not str(meta.get(key, "0")).isdigit():
-            problems.append(f"{key} must be a whole number in a string")
-    auth = triggers[0].get("authenticationRef", {}).get("name")
-    auth_names = {a["metadata"]["name"] for a in objects_by_kind["TriggerAuthentication"]}
+            problems.append(f"{queue}: {key} must be a whole number in a string")
+    auth = trigger.get("authenticationRef", {}).get("name")
     if auth is not None and auth not in auth_names:
-        problems.append(f"authenticationRef {auth} names no TriggerAuthentication")
+        problems.append(f"{queue}: authenticationRef {auth} names no TriggerAuthentication")
     return problems
 
 
@@ -1096,6 +1142,7 @@ def all_problems(objects: Objects, *, expect_gpu: bool) -> list[str]:
     checks: list[Callable[[Objects], list[str]]] = [
         check_settings,
         check_roles,
+        check_inference_queue,
         check_grace_periods,
         check_security,
         check_artifact_volume,

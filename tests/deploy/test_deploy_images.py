@@ -193,7 +193,7 @@ def test_install_commands_build_a_working_torch_free_env(
     try:
         worker.start(ready_timeout=120)
         started = worker.wait_for(lambda line: line.get("event") == "worker started", timeout=5)
-        assert started["task_queue"] == role.default_queue
+        assert started["task_queues"] == [role.default_queue]
         assert _check_health(health_port) == 200
         # The image's own HEALTHCHECK command, run as Docker would (PATH leads to the venv).
         healthcheck = next(item.value for item in instructions if item.keyword == "HEALTHCHECK")

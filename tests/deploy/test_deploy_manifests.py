@@ -13,6 +13,7 @@ import kubernetes_validate
 import pytest
 from deploy_helpers import (
     CRD_KINDS,
+    INFERENCE_QUEUE_SETTING,
     OVERLAYS,
     ROLES,
     Objects,
@@ -26,6 +27,8 @@ from deploy_helpers import (
     worker_container,
 )
 from kubernetes_validate.utils import latest_version
+
+from durabert.shared import names
 
 VERSIONS = ("1.29.0", latest_version())
 EXPECT_GPU = {"local": False, "production": True, "keda": True, "object-store": True}
@@ -162,6 +165,20 @@ def _keda_queue(objects: Objects) -> None:
     ] = "x"
 
 
+def _keda_inference_queue(objects: Objects) -> None:
+    # The second trigger watches the training queue again: inference backlogs would add no worker.
+    next(o for o in objects if o["kind"] == "ScaledObject")["spec"]["triggers"][1]["metadata"][
+        "taskQueue"
+    ] = names.GPU_QUEUE
+
+
+def _inference_on_training_queue(objects: Objects) -> None:
+    # Inference requests would then queue behind fine-tunes for the one training slot.
+    worker_container(role_deployment(objects, "gpu"))["env"].append(
+        {"name": INFERENCE_QUEUE_SETTING, "value": names.GPU_QUEUE}
+    )
+
+
 def _keda_workflow_queue(objects: Objects) -> None:
     next(o for o in objects if o["kind"] == "ScaledObject")["spec"]["triggers"][0]["metadata"][
         "queueTypes"
@@ -233,6 +250,12 @@ BROKEN_SEMANTICS: dict[str, tuple[str, Callable[[Objects], None], str]] = {
     "replicas under HPA": ("production", _replicas_under_hpa, "sets replicas although"),
     "KEDA queue": ("keda", _keda_queue, "scaler watches 'x'"),
     "KEDA workflow queue": ("keda", _keda_workflow_queue, "queueTypes must include activity"),
+    "KEDA inference queue": ("keda", _keda_inference_queue, "no scaler trigger watches 'inference-queue'"),
+    "inference on the training queue": (
+        "production",
+        _inference_on_training_queue,
+        "DURABERT_QUEUES__INFERENCE is DURABERT_QUEUES__GPU's queue 'gpu-queue'",
+    ),
     "service links": ("local", _service_links, "service links"),
     "orchestrator mounts artifacts": (
         "production",
