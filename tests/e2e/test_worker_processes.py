@@ -1,30 +1,40 @@
 """The three workers as separate processes, started by their console scripts, as in production.
 
 Inference is answered while the only training slot trains, cancelling from the CLI frees the GPU,
-and two runs sharing one GPU slot train one after the other. Killed and preempted GPU workers are
+two runs sharing one GPU slot train one after the other, and batch scoring resumes after a SIGKILL
+at the first missing chunk. Killed and preempted GPU workers are
 the subject of ``test_object_store_processes`` (a SIGKILL, resumed on another machine through the
 bucket), ``reliability/test_faults`` (the chaos soak's SIGKILLs) and
 ``reliability/test_long_runs_preemptions`` (six SIGTERMs).
 """
 
 import asyncio
+import io
+import json
+import signal
 import uuid
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
+import yaml
+from rich.console import Console
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 
-from durabert.orchestrator.cli import execute
+from durabert.gpu_worker.model_folder import MODEL_MANIFEST
+from durabert.orchestrator.cli import Output, execute
 from durabert.orchestrator.inference_ops import run_inference
 from durabert.shared import names
-from durabert.shared.artifacts import write_json_atomic
+from durabert.shared.artifacts import ArtifactStore, write_json_atomic
 from durabert.shared.models import BertInferenceRequest
+from durabert.shared.object_store import MARKER_FILE
 from support.cluster import (
     Cluster,
     wait_progress,
 )
+from support.datasets import write_reviews
 from support.processes import WorkerProcess
 
 pytestmark = pytest.mark.slow
@@ -64,7 +74,7 @@ def publish_finished_model(cluster: Cluster, model_dir: Path, run_id: str) -> No
     )
     model.save_pretrained(folder)
     AutoTokenizer.from_pretrained(model_dir).save_pretrained(folder)
-    write_json_atomic(folder / "durabert-manifest.json", {"run_id": run_id})
+    write_json_atomic(folder / MODEL_MANIFEST, {"run_id": run_id})
 
 
 async def test_inference_is_answered_while_training_and_cancel_frees_the_gpu(
@@ -118,3 +128,69 @@ async def test_two_runs_share_one_gpu_slot_one_after_the_other(
     assert None not in (start_a, end_a, start_b, end_b)
     # One slot: the second fine-tuning started only after the first completed.
     assert end_a <= start_b or end_b <= start_a
+
+
+# Batch scoring (`durabert predict`): a GPU worker SIGKILLed after some chunks were stored complete
+# is replaced; the new one resumes at the first missing chunk, and the Parquet `--out` receives
+# holds every input row exactly once, in input order.
+
+ROWS = 600
+CHUNK_ROWS = 10
+
+
+def complete_chunks(cluster: Cluster, run_id: str) -> int:
+    predictions = ArtifactStore(cluster.settings.artifact_dir).run_dir(run_id) / "predictions"
+    return len(list(predictions.glob(f"*/chunks-*/*/{MARKER_FILE}")))
+
+
+async def test_batch_scoring_resumes_at_the_first_missing_chunk_after_a_sigkill(
+    client: Client, cluster: Cluster, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    run_id = f"scored-{uuid.uuid4().hex[:6]}"
+    publish_finished_model(cluster, tiny_model_dir, run_id)
+    data = write_reviews(cluster.settings.data_dir / f"{run_id}.jsonl", rows=ROWS)
+    config = tmp_path / "predict.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "dataset_name": "json",
+                "data_files": str(data),
+                "text_field": "sentence",
+                "chunk_rows": CHUNK_ROWS,
+                "batch_size": 8,
+                "max_seq_length": 32,
+                "use_gpu": False,
+                "heartbeat_timeout_seconds": 5,
+            }
+        )
+    )
+    out = tmp_path / "out" / "predictions.parquet"
+    stdout, stderr = io.StringIO(), io.StringIO()
+    output = Output(out=Console(file=stdout, width=200), err=Console(file=stderr, width=200))
+    first = cluster.start("gpu")
+    predict = asyncio.ensure_future(
+        execute(
+            ["predict", run_id, str(config), "--out", str(out), "--interval", "0.2", "--json"],
+            settings=cluster.settings,
+            output=output,
+        )
+    )
+    while complete_chunks(cluster, run_id) < 3:
+        assert not predict.done(), stderr.getvalue()
+        await asyncio.sleep(0.02)
+    first.signal(signal.SIGKILL)
+    first.wait(10)
+    done = complete_chunks(cluster, run_id)
+    assert done < ROWS // CHUNK_ROWS, "scoring finished before the kill; the test needs more rows"
+    cluster.start("gpu")
+    assert await asyncio.wait_for(predict, 120) == 0, stderr.getvalue()
+
+    table = pq.read_table(out)
+    expected = [json.loads(line)["sentence"] for line in data.read_text().splitlines()]
+    assert table.column("row_index").to_pylist() == list(range(ROWS))
+    assert table.column("text").to_pylist() == expected
+    result = json.loads(stdout.getvalue())
+    assert result["num_rows"] == ROWS
+    assert result["chunks"] == ROWS // CHUNK_ROWS
+    assert result["resumed_chunks"] >= done > 0
+    assert f"predictions copied to {out}" in stderr.getvalue()
