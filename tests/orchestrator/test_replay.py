@@ -27,7 +27,12 @@ def test_histories_of_both_workflows_are_committed() -> None:
         events = json.loads(path.read_text())["history"]["events"]
         started = events[0]["workflowExecutionStartedEventAttributes"]
         types.add(started["workflowType"]["name"])
-    assert {names.TRAINING_WORKFLOW, names.INFERENCE_WORKFLOW, names.BATCH_INFERENCE_WORKFLOW} <= types
+    assert {
+        names.TRAINING_WORKFLOW,
+        names.INFERENCE_WORKFLOW,
+        names.BATCH_INFERENCE_WORKFLOW,
+        names.EVALUATION_WORKFLOW,
+    } <= types
     # The long-run paths are covered: preemptions and a continue-as-new.
     assert {"training_preempted_six_times", "training_continued_as_new"} <= {p.stem for p in HISTORIES}
 

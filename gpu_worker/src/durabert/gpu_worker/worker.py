@@ -1,6 +1,7 @@
 """``durabert-gpu-worker``: fine-tuning on ``gpu-queue``, online inference on ``inference-queue``."""
 
 from durabert.gpu_worker.activities import GpuActivities
+from durabert.gpu_worker.evaluation_activities import EvaluationActivities
 from durabert.gpu_worker.scoring_activities import ScoringActivities
 from durabert.gpu_worker.supervisor import warm_up
 from durabert.shared.cli_support import run_worker_main
@@ -27,7 +28,11 @@ def build_spec(settings: DurabertSettings) -> WorkerSpec:
     return WorkerSpec(
         role="gpu",
         task_queue=settings.queues.gpu,
-        activities=[activities.fine_tune_bert, ScoringActivities(settings, activities.cache).score_dataset],
+        activities=[
+            activities.fine_tune_bert,
+            ScoringActivities(settings, activities.cache).score_dataset,
+            EvaluationActivities(settings, activities.cache).evaluate_bert,
+        ],
         max_concurrent_activities=settings.gpu.max_concurrent_activities,
         companions=[
             WorkerSpec(

@@ -1,4 +1,4 @@
-"""``durabert``: the client CLI (train, status, watch, cancel, infer, predict, runs).
+"""``durabert``: the client CLI (train, status, watch, cancel, infer, predict, eval, runs).
 
 Exit codes: 0 done, 1 the run or the server said no (unknown run, unreachable server, a
 failed run, a run already running, a run id in use), 2 bad input (config file, arguments,
@@ -26,7 +26,7 @@ from rich.text import Text
 from temporalio.client import Client
 from temporalio.service import RPCError
 
-from durabert.orchestrator import client_ops, inference_ops, predict_ops, progress
+from durabert.orchestrator import client_ops, evaluate_ops, inference_ops, predict_ops, progress
 from durabert.orchestrator.client_ops import (
     RunAlreadyRunningError,
     RunIdInUseError,
@@ -53,7 +53,12 @@ from durabert.shared.cli_support import exit_now
 from durabert.shared.client import TemporalUnreachableError, connect_client
 from durabert.shared.errors import ErrorType
 from durabert.shared.logging import bind_run_id, configure_logging
-from durabert.shared.models import BertBatchInferenceRequest, BertFineTuneConfig, BertInferenceRequest
+from durabert.shared.models import (
+    BertBatchInferenceRequest,
+    BertEvaluationRequest,
+    BertFineTuneConfig,
+    BertInferenceRequest,
+)
 from durabert.shared.settings import DurabertSettings, load_settings
 
 EXIT_OK = 0
@@ -188,6 +193,20 @@ def _add_predict(commands: "argparse._SubParsersAction[argparse.ArgumentParser]"
     _json_option(predict, "the result")
 
 
+def _add_eval(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    evaluate = commands.add_parser(
+        "eval", help="measure a finished run's model on a labelled dataset (accuracy, F1, confusion matrix)"
+    )
+    evaluate.add_argument("run_id", metavar="RUN_ID")
+    evaluate.add_argument(
+        "config",
+        type=Path,
+        metavar="CONFIG",
+        help="YAML or JSON file: dataset_name, data_files, text_field, label_field, split, max_samples, ...",
+    )
+    _json_option(evaluate, "the result")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser of every subcommand.
 
@@ -213,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("--wait", action="store_true", help="wait until the run has stopped")
     _add_infer(commands)
     _add_predict(commands)
+    _add_eval(commands)
     runs = commands.add_parser("runs", help="list recent training runs and their state")
     runs.add_argument("--limit", type=_positive_int, default=20, help="most runs to list (default 20)")
     _json_option(runs, "the runs")
@@ -454,6 +474,23 @@ async def _report_predict(ctx: _Context, workflow_id: str) -> int:
     return EXIT_OK
 
 
+async def _eval(ctx: _Context, request: BertEvaluationRequest) -> int:
+    bind_run_id(request.run_id)
+    json_mode = bool(ctx.args.json)
+    ctx.output.say(f"evaluating run {request.run_id} on split {request.split!r}", json_mode=json_mode)
+    outcome = await evaluate_ops.run_evaluation(ctx.client, ctx.settings, request)
+    if outcome.result is None:
+        ctx.output.error(f"evaluation {outcome.workflow_id} {outcome.status}: {outcome.error}")
+        return EXIT_FAILED
+    ctx.output.say(f"evaluation {outcome.workflow_id} completed", json_mode=json_mode)
+    if json_mode:
+        ctx.output.json(outcome.result.model_dump(mode="json"))
+        return EXIT_OK
+    for table in evaluate_ops.evaluation_tables(outcome.result):
+        ctx.output.out.print(table)
+    return EXIT_OK
+
+
 async def _runs(ctx: _Context) -> int:
     runs = await client_ops.list_runs(ctx.client, ctx.args.limit)
     if ctx.args.json:
@@ -493,6 +530,9 @@ def _prepare(args: argparse.Namespace) -> _Handler:
     if args.command == "predict":
         batch = load_batch_request(args.config, args.run_id)
         return lambda ctx: _predict(ctx, batch)
+    if args.command == "eval":
+        evaluation = evaluate_ops.load_evaluation_request(args.config, args.run_id)
+        return lambda ctx: _eval(ctx, evaluation)
     return _COMMANDS[args.command]
 
 

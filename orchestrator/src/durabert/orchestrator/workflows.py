@@ -495,12 +495,22 @@ from durabert.orchestrator.batch_workflow import (  # noqa: E402
     BertBatchInferenceWorkflow,
     PinnedBertBatchInferenceWorkflow,
 )
+from durabert.orchestrator.evaluation_workflow import (  # noqa: E402
+    BertEvaluationWorkflow,
+    PinnedBertEvaluationWorkflow,
+)
 
-WORKFLOWS: list[type] = [CheckpointedBertTrainingWorkflow, BertInferenceWorkflow, BertBatchInferenceWorkflow]
+WORKFLOWS: list[type] = [
+    CheckpointedBertTrainingWorkflow,
+    BertInferenceWorkflow,
+    BertBatchInferenceWorkflow,
+    BertEvaluationWorkflow,
+]
 """Every workflow an unversioned orchestrator worker registers (dev, tests, replay)."""
 VERSIONED_WORKFLOWS: list[type] = [
     PinnedBertTrainingWorkflow,
     AutoUpgradeBertInferenceWorkflow,
     PinnedBertBatchInferenceWorkflow,
+    PinnedBertEvaluationWorkflow,
 ]
 """The same workflows with their versioning behavior, for an orchestrator with a build id."""

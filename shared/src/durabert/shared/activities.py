@@ -11,12 +11,14 @@ from durabert.shared import names
 from durabert.shared.models import (
     BatchScoringRequest,
     BertBatchInferenceResult,
+    BertEvaluationResult,
     BertFineTuneRequest,
     BertFineTuneResult,
     BertInferenceRequest,
     BertInferenceResult,
     DatasetSnapshotRequest,
     DatasetSnapshotResult,
+    EvaluateBertRequest,
     RunClaimRequest,
     RunClaimResult,
     ScoringSnapshotRequest,
@@ -57,4 +59,10 @@ async def create_scoring_snapshot(request: ScoringSnapshotRequest) -> ScoringSna
 @activity.defn(name=names.SCORE_DATASET)
 async def score_dataset(request: BatchScoringRequest) -> BertBatchInferenceResult:
     """Score a scoring snapshot in stored chunks, resuming at the first missing one (GPU worker)."""
+    raise NotImplementedError("declaration only: the GPU worker implements this activity")
+
+
+@activity.defn(name=names.EVALUATE_BERT)
+async def evaluate_bert(request: EvaluateBertRequest) -> BertEvaluationResult:
+    """Score a labelled snapshot with a finished run's model and store its metrics report (GPU worker)."""
     raise NotImplementedError("declaration only: the GPU worker implements this activity")

@@ -778,3 +778,159 @@ class BatchInferenceProgress(ContractModel):
                 "resumed_chunks": heartbeat.resumed_chunks,
             }
         )
+
+
+# -- evaluation (``durabert eval``) ----------------------------------------------------------------
+
+EVALUATION_SEED: Final = 42
+"""Seed of the evaluation snapshot's content order: with ``max_samples``, which rows are evaluated
+depends on the content alone, so two evaluations of the same data and limit see the same rows."""
+
+
+class BertEvaluationRequest(ContractModel):
+    """Input of ``BertEvaluationWorkflow``: measure a finished run's model on a labelled dataset."""
+
+    run_id: RunId
+    """Run whose finished model is evaluated."""
+    dataset_name: str = Field(min_length=1)
+    """A hub dataset id, or ``json``/``csv``/``parquet`` together with ``data_files``."""
+    dataset_config_name: str | None = Field(
+        default=None, validation_alias=AliasChoices("dataset_config_name", "dataset_config")
+    )
+    """Hub dataset configuration name; ``dataset_config`` is accepted as an alias, as in training."""
+    data_files: DataFiles | None = Field(default=None, validate_default=True)
+    """Local paths, globs or URLs of the data files, for ``json``/``csv``/``parquet`` sources."""
+    text_field: str = Field(default="text", min_length=1)
+    """Column holding the text to classify."""
+    label_field: str = Field(default="label", min_length=1)
+    """Column holding the true label (names or integers, matched by name to the model's labels)."""
+    split: str = Field(default="train", min_length=1)
+    """Source split evaluated, every row of it. Data files given as a path, glob or list load as
+    ``train`` (the default); name the hub dataset's test split (``test``, ``validation``) otherwise."""
+    max_samples: int | None = Field(default=None, ge=1)
+    """Evaluate at most N rows, taken after a seeded content shuffle (never the first N of a sorted file)."""
+    trust_remote_code: bool = False
+    """Allow a hub dataset to run its own loading script (only where the data worker allows it)."""
+    max_seq_length: int = Field(default=128, ge=8, le=512)
+    """Tokens per text after truncation (use the run's own ``max_seq_length``)."""
+    batch_size: int = Field(default=DEFAULT_SCORING_BATCH_SIZE, ge=1, le=4096)
+    """Texts per forward pass."""
+    use_gpu: bool = True
+    """Use CUDA or Apple MPS when the worker has one."""
+    heartbeat_timeout_seconds: int = Field(default=120, ge=5, le=3600)
+    """A silent evaluating worker is presumed dead after this long; the next attempt starts again."""
+    timeout_hours: float = Field(default=6.0, gt=0, le=24 * 30)
+    """Most time one evaluation (or snapshot) attempt may take."""
+    max_attempts: int = Field(default=5, ge=1, le=100)
+    """Most attempts of each step (the first included) before the workflow fails."""
+
+    @field_validator("data_files")
+    @classmethod
+    def _files_need_a_file_loader(cls, value: DataFiles | None, info: ValidationInfo) -> DataFiles | None:
+        # The same rule as training's source, from its one home.
+        checked: DataFiles | None = _DatasetSource._files_need_a_file_loader(value, info)
+        return checked
+
+    @property
+    def evaluates_train_split(self) -> bool:
+        """Whether the source's ``train`` split is evaluated (then the snapshot's two splits hold it)."""
+        return self.split == "train"
+
+    def snapshot_request(self) -> DatasetSnapshotRequest:
+        """Build the data worker's training-snapshot request that keeps every row of ``split``.
+
+        For ``train`` the snapshot holds out a share as its eval split: together, eval then train
+        are the whole split in seeded content order, so the first ``max_samples`` of them are a
+        seeded sample. For another split, that split is the snapshot's eval split, whole (up to
+        ``max_samples``), and one train row is stored but never evaluated.
+
+        Returns:
+            The snapshot request.
+        """
+        common = self.model_dump(
+            include={"run_id", "dataset_name", "dataset_config_name", "data_files", "text_field"}
+            | {"label_field", "trust_remote_code"}
+        )
+        if self.evaluates_train_split:
+            return DatasetSnapshotRequest(
+                **common, eval_split_names=[], seed=EVALUATION_SEED, max_train_samples=self.max_samples
+            )
+        return DatasetSnapshotRequest(
+            **common,
+            eval_split_names=[self.split],
+            seed=EVALUATION_SEED,
+            max_train_samples=1,
+            max_eval_samples=self.max_samples,
+        )
+
+
+class EvaluateBertRequest(ContractModel):
+    """Input of the ``evaluate_bert`` activity."""
+
+    request: BertEvaluationRequest
+    """The workflow's request (run, split, sizes, device)."""
+    snapshot: DatasetSnapshotResult
+    """The labelled rows to evaluate (evaluation never reads the raw source)."""
+
+
+class ClassMetrics(ContractModel):
+    """Precision, recall, F1 and support of one of the model's labels."""
+
+    label: str
+    """The label's name."""
+    precision: float = Field(ge=0, le=1)
+    """Share of the rows predicted as this label that truly are (0 when none is predicted)."""
+    recall: float = Field(ge=0, le=1)
+    """Share of the rows truly of this label that are predicted as it (0 when none is)."""
+    f1: float = Field(ge=0, le=1)
+    """Harmonic mean of precision and recall."""
+    support: int = Field(ge=0)
+    """Rows truly of this label."""
+
+
+class BertEvaluationResult(ContractModel):
+    """Metrics of a finished run's model on a labelled dataset, and where the report is stored."""
+
+    run_id: RunId
+    """Run whose model was evaluated."""
+    snapshot_id: str
+    """Snapshot of the evaluated rows."""
+    split: str
+    """Source split evaluated."""
+    num_samples: int = Field(ge=1)
+    """Rows evaluated."""
+    label_names: list[str]
+    """The model's class names; the order of ``per_class`` and of the confusion matrix."""
+    accuracy: float = Field(ge=0, le=1)
+    """Share of rows whose predicted label is the true one."""
+    macro_f1: float = Field(ge=0, le=1)
+    """Unweighted mean F1 over the labels that occur as a true or a predicted label (scikit-learn's
+    ``f1_score(average="macro")``); a model label absent from both is listed but not averaged."""
+    per_class: list[ClassMetrics]
+    """Precision, recall, F1 and support of every model label, in ``label_names`` order."""
+    confusion_matrix: list[list[int]]
+    """Row counts: rows are true labels, columns predicted labels, both in ``label_names`` order."""
+    report_path: ArtifactPath
+    """The report JSON under ``runs/<run_id>/evaluations/<snapshot_id>/``, relative to the artifact root;
+    the confusion-matrix PNG is beside it."""
+    device: str = "cpu"
+    """Device the rows were scored on."""
+
+
+EvaluationStage = Literal["pending", "snapshotting", "evaluating", "completed", "failed", "cancelled"]
+"""Where an evaluation workflow is."""
+
+
+class EvaluationProgress(ContractModel):
+    """Answer of the evaluation workflow's ``get_progress`` query."""
+
+    run_id: str | None = None
+    """Run whose model is evaluated."""
+    stage: EvaluationStage = "pending"
+    """Current stage of the workflow."""
+    snapshot_id: str | None = None
+    """Snapshot of the rows, once taken."""
+    report_path: str | None = None
+    """The report JSON, once written."""
+    error: str | None = None
+    """Failure message when the stage is ``failed``."""
