@@ -19,7 +19,7 @@ from durabert.gpu_worker.device import select_device
 from durabert.gpu_worker.evaluation import Metrics, evaluate_rows, read_rows
 from durabert.gpu_worker.evaluation_report import REPORT_FILE, report_key, store_report
 from durabert.gpu_worker.inference import ModelCache
-from durabert.gpu_worker.scoring_activities import _heartbeat_seconds  # one heartbeat pacing for both
+from durabert.gpu_worker.scoring_activities import heartbeat_interval_seconds
 from durabert.gpu_worker.scoring_store import model_digest
 from durabert.shared import names
 from durabert.shared.logging import bind_run_id, get_logger
@@ -62,7 +62,7 @@ class EvaluationActivities:
         bind_run_id(request.request.run_id)
         halt = threading.Event()
         work = asyncio.ensure_future(asyncio.to_thread(self._evaluate, request, halt))
-        interval = _heartbeat_seconds(activity.info().heartbeat_timeout)
+        interval = heartbeat_interval_seconds(activity.info().heartbeat_timeout)
         try:
             while not work.done():
                 await asyncio.wait({work}, timeout=interval)

@@ -36,8 +36,15 @@ DEFAULT_HEARTBEAT_SECONDS = 10.0
 """Heartbeat period when the caller set no heartbeat timeout."""
 
 
-def _heartbeat_seconds(timeout: timedelta | None) -> float:
-    # A quarter of the timeout: one lost heartbeat never times the attempt out.
+def heartbeat_interval_seconds(timeout: timedelta | None) -> float:
+    """Seconds between heartbeats of a long activity that beats from its event loop.
+
+    Args:
+        timeout: The activity's heartbeat timeout, if any.
+
+    Returns:
+        A quarter of the timeout (one lost heartbeat never times the attempt out), or the default.
+    """
     return DEFAULT_HEARTBEAT_SECONDS if timeout is None else max(0.1, timeout.total_seconds() / 4)
 
 
@@ -74,7 +81,7 @@ class ScoringActivities:
         bind_run_id(run_id)
         state = ScoringState()
         work = asyncio.ensure_future(asyncio.to_thread(self._score, request, state))
-        interval = _heartbeat_seconds(activity.info().heartbeat_timeout)
+        interval = heartbeat_interval_seconds(activity.info().heartbeat_timeout)
         try:
             while not work.done():
                 await asyncio.wait({work}, timeout=interval)
