@@ -32,6 +32,7 @@ def test_histories_of_both_workflows_are_committed() -> None:
         names.INFERENCE_WORKFLOW,
         names.BATCH_INFERENCE_WORKFLOW,
         names.EVALUATION_WORKFLOW,
+        names.SWEEP_WORKFLOW,
     } <= types
     # The long-run paths are covered: preemptions and a continue-as-new.
     assert {"training_preempted_six_times", "training_continued_as_new"} <= {p.stem for p in HISTORIES}

@@ -4,6 +4,7 @@ from durabert.gpu_worker.activities import GpuActivities
 from durabert.gpu_worker.evaluation_activities import EvaluationActivities
 from durabert.gpu_worker.scoring_activities import ScoringActivities
 from durabert.gpu_worker.supervisor import warm_up
+from durabert.gpu_worker.sweep_report import SweepReports
 from durabert.shared.cli_support import run_worker_main
 from durabert.shared.runner import WorkerSpec
 from durabert.shared.settings import DurabertSettings
@@ -38,7 +39,8 @@ def build_spec(settings: DurabertSettings) -> WorkerSpec:
             WorkerSpec(
                 role="gpu-inference",
                 task_queue=settings.queues.inference,
-                activities=[activities.run_bert_inference],
+                # The sweep report is light CPU work: it must not wait behind a training slot.
+                activities=[activities.run_bert_inference, SweepReports(settings).record_sweep],
                 max_concurrent_activities=settings.inference.max_concurrent_requests,
             )
         ],

@@ -1,4 +1,4 @@
-"""``durabert``: the client CLI (train, status, watch, cancel, infer, predict, eval, runs).
+"""``durabert``: the client CLI (train, status, watch, cancel, infer, predict, eval, sweep, runs).
 
 Exit codes: 0 done, 1 the run or the server said no (unknown run, unreachable server, a
 failed run, a run already running, a run id in use), 2 bad input (config file, arguments,
@@ -23,10 +23,10 @@ from typing import Any, NoReturn
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowFailureError
 from temporalio.service import RPCError
 
-from durabert.orchestrator import client_ops, evaluate_ops, inference_ops, predict_ops, progress
+from durabert.orchestrator import client_ops, evaluate_ops, inference_ops, predict_ops, progress, sweep_ops
 from durabert.orchestrator.client_ops import (
     RunAlreadyRunningError,
     RunIdInUseError,
@@ -58,6 +58,7 @@ from durabert.shared.models import (
     BertEvaluationRequest,
     BertFineTuneConfig,
     BertInferenceRequest,
+    BertSweepConfig,
 )
 from durabert.shared.settings import DurabertSettings, load_settings
 
@@ -207,6 +208,21 @@ def _add_eval(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -
     _json_option(evaluate, "the result")
 
 
+def _add_sweep(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    sweep = commands.add_parser(
+        "sweep",
+        help="start a hyperparameter sweep (sweep SWEEP.yaml), or show one (sweep status SWEEP_ID)",
+    )
+    sweep.add_argument(
+        "target",
+        nargs="+",
+        metavar="SWEEP.yaml | status SWEEP_ID",
+        help="a sweep file (base, parameters, strategy, ...) to start, or `status` and a sweep id",
+    )
+    sweep.add_argument("--wait", action="store_true", help="after starting, wait for the sweep to end")
+    _json_option(sweep, "the sweep")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser of every subcommand.
 
@@ -233,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_infer(commands)
     _add_predict(commands)
     _add_eval(commands)
+    _add_sweep(commands)
     runs = commands.add_parser("runs", help="list recent training runs and their state")
     runs.add_argument("--limit", type=_positive_int, default=20, help="most runs to list (default 20)")
     _json_option(runs, "the runs")
@@ -491,6 +508,60 @@ async def _eval(ctx: _Context, request: BertEvaluationRequest) -> int:
     return EXIT_OK
 
 
+def _prepare_sweep(target: list[str]) -> _Handler:
+    """``sweep SWEEP.yaml`` (the file checked now) or ``sweep status SWEEP_ID``."""
+    if target[0] == "status":
+        if len(target) != 2:
+            raise UserInputError("usage: durabert sweep status SWEEP_ID")
+        return lambda ctx: _sweep_status(ctx, target[1])
+    if len(target) != 1:
+        raise UserInputError("usage: durabert sweep SWEEP.yaml, or durabert sweep status SWEEP_ID")
+    config = sweep_ops.load_sweep_config(Path(target[0]))
+    return lambda ctx: _sweep_start(ctx, config)
+
+
+async def _sweep_start(ctx: _Context, config: BertSweepConfig) -> int:
+    json_mode = bool(ctx.args.json)
+    try:
+        handle = await sweep_ops.start_sweep(ctx.client, ctx.settings, config)
+    except sweep_ops.SweepIdInUseError as exc:
+        ctx.output.error(str(exc))
+        return EXIT_FAILED
+    ctx.output.say(f"started sweep {handle.id} ({config.strategy})", json_mode=json_mode)
+    ctx.output.say(f"follow it with: durabert sweep status {handle.id}", json_mode=json_mode)
+    if not ctx.args.wait:
+        if json_mode:
+            ctx.output.json({"sweep_id": handle.id})
+        return EXIT_OK
+    with contextlib.suppress(WorkflowFailureError):
+        await handle.result()
+    return await _sweep_status(ctx, handle.id)
+
+
+async def _sweep_status(ctx: _Context, sweep_id: str) -> int:
+    state = await sweep_ops.sweep_status(ctx.client, sweep_id)
+    code = EXIT_OK if state.status in ("running", "completed") else EXIT_FAILED
+    if ctx.args.json:
+        ctx.output.json(state.to_json())
+        return code
+    output = ctx.output
+    progress_now = state.progress
+    running = progress_now is not None and state.status == "running"
+    stage = f", rung {progress_now.rung + 1}" if running and progress_now is not None else ""
+    output.say(f"sweep {sweep_id}: {state.status}{stage}")
+    sweep = progress_now.sweep if progress_now is not None else None
+    if sweep is None:
+        output.say(progress.WAITING_TEXT if state.status == "running" else "no trials recorded")
+    else:
+        output.out.print(progress.sweep_table(sweep))
+        output.say(progress.sweep_summary(sweep))
+        if sweep.report_path is not None:
+            output.say(f"plot: {sweep_ops.report_location(ctx.settings, sweep.report_path)}")
+    if state.error:
+        output.error(f"sweep {sweep_id} {state.status}: {state.error}")
+    return code
+
+
 async def _runs(ctx: _Context) -> int:
     runs = await client_ops.list_runs(ctx.client, ctx.args.limit)
     if ctx.args.json:
@@ -530,6 +601,8 @@ def _prepare(args: argparse.Namespace) -> _Handler:
     if args.command == "predict":
         batch = load_batch_request(args.config, args.run_id)
         return lambda ctx: _predict(ctx, batch)
+    if args.command == "sweep":
+        return _prepare_sweep(args.target)
     if args.command == "eval":
         evaluation = evaluate_ops.load_evaluation_request(args.config, args.run_id)
         return lambda ctx: _eval(ctx, evaluation)

@@ -31,6 +31,7 @@ from durabert.shared.models import (
     BertBatchInferenceResult,
     BertFineTuneResult,
     BertInferenceResult,
+    BertSweepResult,
     TrainingProgress,
 )
 
@@ -381,3 +382,51 @@ async def watch_scoring(
             last[:] = [text]
 
     return await watch_predict(client, workflow_id, interval=interval, detach=detach, on_progress=show)
+
+
+BEST_MARK = "*"
+"""Marks the best trial in the sweep table."""
+
+
+def _params_text(params: dict[str, object]) -> str:
+    return " ".join(f"{name}={value}" for name, value in params.items())
+
+
+def sweep_table(sweep: BertSweepResult) -> Table:
+    """Build the table of a sweep's trials ``durabert sweep status`` prints, the best one marked.
+
+    Args:
+        sweep: The sweep so far (the progress query's) or its result.
+
+    Returns:
+        One row per trial: run id, params, step, metric, state, and ``*`` on the best.
+    """
+    table = Table("best", "trial", "params", "step", sweep.metric, "state", title=f"sweep {sweep.sweep_id}")
+    for trial in sweep.trials:
+        metric = f"{trial.metric:.4f}" if trial.metric is not None else "-"
+        state = trial.state if trial.error is None else f"{trial.state}: {trial.error}"
+        table.add_row(
+            BEST_MARK if trial.run_id == sweep.best_run_id else "",
+            Text(trial.run_id),
+            Text(_params_text(trial.params)),
+            str(trial.global_step),
+            metric,
+            Text(state),
+        )
+    return table
+
+
+def sweep_summary(sweep: BertSweepResult) -> str:
+    """Summarise a sweep in one line: strategy, rungs, best trial, steps trained.
+
+    Args:
+        sweep: The sweep so far or its result.
+
+    Returns:
+        Text such as ``successive_halving · rungs 4, 8 · best sw-02 (eval_accuracy 0.9100) · 24 steps``.
+    """
+    rungs = ", ".join("epochs" if steps is None else str(steps) for steps in sweep.rungs)
+    best = "best -"
+    if sweep.best_run_id is not None and sweep.best_metric is not None:
+        best = f"best {sweep.best_run_id} ({sweep.metric} {sweep.best_metric:.4f})"
+    return f"{sweep.strategy} · rungs {rungs} · {best} · {sweep.total_steps} steps trained"

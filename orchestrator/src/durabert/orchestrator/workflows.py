@@ -499,12 +499,14 @@ from durabert.orchestrator.evaluation_workflow import (  # noqa: E402
     BertEvaluationWorkflow,
     PinnedBertEvaluationWorkflow,
 )
+from durabert.orchestrator.sweep_workflow import BertSweepWorkflow, PinnedBertSweepWorkflow  # noqa: E402
 
 WORKFLOWS: list[type] = [
     CheckpointedBertTrainingWorkflow,
     BertInferenceWorkflow,
     BertBatchInferenceWorkflow,
     BertEvaluationWorkflow,
+    BertSweepWorkflow,
 ]
 """Every workflow an unversioned orchestrator worker registers (dev, tests, replay)."""
 VERSIONED_WORKFLOWS: list[type] = [
@@ -512,5 +514,6 @@ VERSIONED_WORKFLOWS: list[type] = [
     AutoUpgradeBertInferenceWorkflow,
     PinnedBertBatchInferenceWorkflow,
     PinnedBertEvaluationWorkflow,
+    PinnedBertSweepWorkflow,
 ]
 """The same workflows with their versioning behavior, for an orchestrator with a build id."""

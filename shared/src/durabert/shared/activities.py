@@ -23,6 +23,8 @@ from durabert.shared.models import (
     RunClaimResult,
     ScoringSnapshotRequest,
     ScoringSnapshotResult,
+    SweepReportRequest,
+    SweepReportResult,
 )
 
 
@@ -65,4 +67,10 @@ async def score_dataset(request: BatchScoringRequest) -> BertBatchInferenceResul
 @activity.defn(name=names.EVALUATE_BERT)
 async def evaluate_bert(request: EvaluateBertRequest) -> BertEvaluationResult:
     """Score a labelled snapshot with a finished run's model and store its metrics report (GPU worker)."""
+    raise NotImplementedError("declaration only: the GPU worker implements this activity")
+
+
+@activity.defn(name=names.RECORD_SWEEP)
+async def record_sweep(request: SweepReportRequest) -> SweepReportResult:
+    """Write a sweep's trials table and metric plot under ``sweeps/<sweep_id>/`` (GPU worker)."""
     raise NotImplementedError("declaration only: the GPU worker implements this activity")

@@ -934,3 +934,191 @@ class EvaluationProgress(ContractModel):
     """The report JSON, once written."""
     error: str | None = None
     """Failure message when the stage is ``failed``."""
+
+
+# -- hyperparameter sweeps (``durabert sweep``) -----------------------------------------------------
+
+MAX_SWEEP_TRIALS: Final = 99
+"""Most trials one sweep may run: trial run ids are ``<sweep_id>-<nn>`` with two digits."""
+SWEEP_ID_MAX_LENGTH: Final = 60
+"""Longest sweep id: ``-<nn>`` must still fit the 63 characters of a run id."""
+SWEEP_FIXED_FIELDS: Final = frozenset({"run_id", "continue_run", "timeouts"})
+"""Training fields a sweep sets itself (or shares from ``base``), never a swept parameter."""
+
+SweepStrategy = Literal["grid", "successive_halving"]
+"""How a sweep spends its steps: every trial to the end, or the best ``1/eta`` per rung."""
+TrialState = Literal["pending", "training", "promoted", "stopped", "completed", "failed", "cancelled"]
+"""Where a trial is: ``stopped`` = not promoted at a rung (its model is the rung's)."""
+SweepStage = Literal["pending", "training", "completed", "failed", "cancelled"]
+"""Where a sweep workflow is."""
+
+
+def _check_sweep_id(value: str) -> str:
+    if len(value) > SWEEP_ID_MAX_LENGTH:
+        raise ValueError(f"must be at most {SWEEP_ID_MAX_LENGTH} characters, so '-<nn>' can name each trial")
+    return _check_run_id(value)
+
+
+SweepId = Annotated[str, AfterValidator(_check_sweep_id)]
+"""A validated sweep identifier: a run id short enough to take a ``-<nn>`` trial suffix."""
+
+
+class BertSweepConfig(ContractModel):
+    """Input of ``BertSweepWorkflow``: a grid of training configs and how to search it."""
+
+    sweep_id: SweepId | None = None
+    """Sweep identifier (the workflow id, same rules as a run id, at most 60 characters); trial ``n``
+    is the run ``<sweep_id>-<nn>``. The workflow id when empty."""
+    base: BertFineTuneConfig
+    """Training config whose fields every trial shares (its ``run_id`` and ``continue_run`` are set
+    per trial); ``base.max_steps`` is the last rung of successive halving."""
+    parameters: dict[str, Annotated[list[Any], Field(min_length=1)]] = Field(min_length=1)
+    """Training field name to the values to try; the grid is the product, last field varying fastest."""
+    strategy: SweepStrategy = "grid"
+    """``grid``: every trial trains to ``base.max_steps``; ``successive_halving``: rungs of growing steps."""
+    max_concurrent_trials: int = Field(default=4, ge=1, le=MAX_SWEEP_TRIALS)
+    """Most trials training at once (the GPU workers' slots still bound the real concurrency)."""
+    eta: int = Field(default=2, ge=2, le=100)
+    """Successive halving keeps the best ``1/eta`` of a rung's trials and multiplies the steps by ``eta``."""
+    min_steps: int | None = Field(default=None, ge=1)
+    """Steps of the first rung of successive halving (required for it, below ``base.max_steps``)."""
+    num_trials: int | None = Field(default=None, ge=1, le=MAX_SWEEP_TRIALS)
+    """Sample this many distinct grid points instead of the whole grid."""
+    seed: int | None = Field(default=None, ge=0)
+    """Seed of that sampling, for a reproducible sample; None: the workflow's own deterministic random."""
+    metric: str = Field(default="eval_accuracy", min_length=1)
+    """Held-out metric that ranks trials, as the training result names it (``eval_accuracy``...)."""
+    mode: Literal["max", "min"] = "max"
+    """Whether a larger (``max``) or smaller (``min``) metric is better."""
+
+    @field_validator("parameters")
+    @classmethod
+    def _parameters_are_training_fields(cls, value: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for name in value:
+            if name not in BertFineTuneConfig.model_fields:
+                raise ValueError(f"{name!r} is not a training config field")
+            if name in SWEEP_FIXED_FIELDS:
+                raise ValueError(f"{name!r} is set by the sweep itself and cannot be swept")
+        return value
+
+    @model_validator(mode="after")
+    def _check_search(self) -> "BertSweepConfig":
+        for name, values in self.parameters.items():
+            for item in values:
+                # Each value must make a valid trial config: refuse it now, not in trial 37.
+                BertFineTuneConfig.model_validate(self.base.model_dump() | {name: item})
+        size = 1
+        for values in self.parameters.values():
+            size *= len(values)
+        if min(size, self.num_trials or size) > MAX_SWEEP_TRIALS:
+            raise ValueError(
+                f"the grid has {size} points, more than {MAX_SWEEP_TRIALS}: set num_trials to sample some"
+            )
+        if self.strategy == "successive_halving":
+            self._check_halving()
+        return self
+
+    def _check_halving(self) -> None:
+        if "max_steps" in self.parameters:
+            raise ValueError("successive_halving sets max_steps per rung: it cannot be a swept parameter")
+        if self.base.max_steps is None or self.min_steps is None:
+            raise ValueError("successive_halving needs base.max_steps (last rung) and min_steps (first rung)")
+        if self.min_steps >= self.base.max_steps:
+            raise ValueError(f"min_steps ({self.min_steps}) must be < base.max_steps ({self.base.max_steps})")
+
+
+class SweepPoint(ContractModel):
+    """One evaluation of a trial: its metric after a rung."""
+
+    step: int = Field(ge=0)
+    """Optimizer steps the trial had trained when it was evaluated."""
+    metric: float | None = None
+    """The sweep's metric then (None when the evaluation did not report it)."""
+
+
+class SweepTrial(ContractModel):
+    """One trial of a sweep: a training run with some parameters."""
+
+    run_id: RunId
+    """The trial's run id, ``<sweep_id>-<nn>``: its folder, workflow id and model."""
+    params: dict[str, Any]
+    """The swept parameters' values of this trial."""
+    global_step: int = Field(default=0, ge=0)
+    """Optimizer steps the trial's model has trained (at its last finished rung)."""
+    metric: float | None = None
+    """The sweep's metric at its last finished rung."""
+    state: TrialState = "pending"
+    """Where the trial is."""
+    rung: int = Field(default=-1, ge=-1)
+    """Last rung the trial finished (0 = the first); -1 before it finished one."""
+    steps_trained: int = Field(default=0, ge=0)
+    """Optimizer steps trained over all its rungs (resumed steps not counted twice)."""
+    points: list[SweepPoint] = Field(default_factory=list)
+    """The metric after each finished rung, for the plot."""
+    error: str | None = None
+    """Why the trial failed or was cancelled."""
+
+
+class BertSweepResult(ContractModel):
+    """Outcome of a sweep (also the durable part of its progress)."""
+
+    sweep_id: str
+    """The sweep's id."""
+    strategy: SweepStrategy
+    """How the sweep searched."""
+    metric: str
+    """Metric that ranked the trials."""
+    mode: Literal["max", "min"]
+    """Whether larger or smaller was better."""
+    rungs: list[int | None] = Field(default_factory=list)
+    """Steps of each rung (one rung, maybe None = epochs, for a grid)."""
+    trials: list[SweepTrial] = Field(default_factory=list)
+    """Every trial, in grid order."""
+    best_run_id: str | None = None
+    """The best trial's run id (among those at the furthest rung that finished any)."""
+    best_metric: float | None = None
+    """Its metric."""
+    total_steps: int = Field(default=0, ge=0)
+    """Optimizer steps trained over all trials and rungs."""
+    seed: int | None = None
+    """Seed the grid was sampled with, when ``num_trials`` sampled it."""
+    report_path: ArtifactPath | None = None
+    """Folder of ``trials.json`` and ``metric.png`` in the artifact store, once written."""
+
+
+class SweepProgress(ContractModel):
+    """Answer of the sweep workflow's ``get_progress`` query."""
+
+    stage: SweepStage = "pending"
+    """Current stage of the sweep."""
+    rung: int = Field(default=0, ge=0)
+    """Rung being trained (0 = the first)."""
+    sweep: BertSweepResult | None = None
+    """Trials and best so far, once the grid is known."""
+    continued_as_new: int = Field(default=0, ge=0)
+    """Times the sweep continued as a new execution to keep its history short."""
+    error: str | None = None
+    """Failure message when the stage is ``failed``."""
+
+
+class SweepCarry(ContractModel):
+    """State one sweep execution hands to the next when it continues as new between rungs."""
+
+    progress: SweepProgress
+    """Trials, rung to train next, counters."""
+
+
+class SweepReportRequest(ContractModel):
+    """Input of ``record_sweep``: the sweep so far, to write as ``trials.json`` and ``metric.png``."""
+
+    sweep: BertSweepResult
+    """The sweep's trials and best so far."""
+
+
+class SweepReportResult(ContractModel):
+    """Outcome of ``record_sweep``."""
+
+    report_path: ArtifactPath
+    """Folder the files went to: ``sweeps/<sweep_id>``."""
+    files: list[str] = Field(default_factory=list)
+    """Names of the files written."""

@@ -1,0 +1,102 @@
+"""A 4-trial successive-halving sweep of the tiny BERT with the three workers as processes, through a
+GPU worker SIGKILLed mid-attempt (replaced by a new one) and a restart of the orchestrator worker:
+every trial completes its rungs, the killed attempt is retried, the best model is published and the
+sweep's plot is in the artifact store.
+
+Cancellation is covered by ``tests/orchestrator/test_sweep_workflow.py`` (every child cancelled and
+waited for); cancelling a run's training with real processes frees the GPU in ``test_worker_processes``.
+"""
+
+import asyncio
+import signal
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.client import Client
+from temporalio.service import RPCError
+
+from durabert.shared import names
+from durabert.shared.models import BertFineTuneResult, BertSweepConfig, BertSweepResult
+from support.cluster import SCRIPTS, Cluster, progress_of
+
+pytestmark = pytest.mark.slow
+
+TRIALS = 4
+KILL_WAIT = 120.0
+"""Seconds to wait for a trial's attempt to start on the first GPU worker."""
+
+
+def sweep_config(cluster: Cluster, model: Path, sweep_id: str) -> BertSweepConfig:
+    base = cluster.config("unused", model, max_steps=8, checkpoint_steps=2, batch_size=4, max_seq_length=16)
+    return BertSweepConfig(
+        sweep_id=sweep_id,
+        base=base.model_copy(update={"run_id": None}),
+        parameters={"learning_rate": [1e-4, 3e-4, 1e-3, 3e-3]},
+        strategy="successive_halving",
+        min_steps=4,
+        eta=2,
+        max_concurrent_trials=2,
+    )
+
+
+async def attempt_started(client: Client, run_ids: list[str]) -> tuple[str, str]:
+    """The first trial whose fine-tuning attempt heartbeats, and its workflow run id."""
+    while True:
+        for run_id in run_ids:
+            handle = client.get_workflow_handle(run_id)
+            try:
+                progress = await progress_of(handle)
+            except RPCError:
+                continue  # not started yet
+            if progress.phase is not None:
+                return run_id, (await handle.describe()).run_id or ""
+        await asyncio.sleep(0.05)
+
+
+def restart_orchestrator(cluster: Cluster) -> None:
+    """Stop the orchestrator worker process (a graceful drain) and start another."""
+    cluster.stop_all(SCRIPTS["orchestrator"])
+    cluster.start("orchestrator")
+
+
+async def test_a_halving_sweep_survives_a_killed_gpu_worker_and_an_orchestrator_restart(
+    client: Client, cluster: Cluster, tiny_model_dir: Path
+) -> None:
+    sweep_id = f"sweep-{uuid.uuid4().hex[:6]}"
+    config = sweep_config(cluster, tiny_model_dir, sweep_id)
+    run_ids = [f"{sweep_id}-0{n}" for n in range(1, TRIALS + 1)]
+    first = cluster.start("gpu")
+    handle = await client.start_workflow(
+        names.SWEEP_WORKFLOW,
+        config,
+        id=sweep_id,
+        task_queue=cluster.settings.queues.orchestrator,
+        memo=cluster.settings.queue_memo(),
+        result_type=BertSweepResult,
+    )
+    killed, killed_run = await asyncio.wait_for(attempt_started(client, run_ids), KILL_WAIT)
+    first.signal(signal.SIGKILL)
+    first.wait(10)
+    cluster.start("gpu")
+    restart_orchestrator(cluster)
+    result = await asyncio.wait_for(handle.result(), 180)
+
+    states = sorted(trial.state for trial in result.trials)
+    assert states == ["completed", "completed", "stopped", "stopped"], result.trials  # the best half go on
+    assert all(trial.points[0].step == 4 for trial in result.trials)
+    best = next(trial for trial in result.trials if trial.run_id == result.best_run_id)
+    assert (best.state, best.global_step, [p.step for p in best.points]) == ("completed", 8, [4, 8])
+    assert result.total_steps == TRIALS * 4 + 2 * 4
+    # The killed attempt was retried: its rung's run needed more than one attempt.
+    killed_result: Any = await client.get_workflow_handle(
+        killed, run_id=killed_run, result_type=BertFineTuneResult
+    ).result()
+    assert killed_result.attempts >= 2
+    # Every trial's model is published (usable for inference), and the sweep's plot is stored.
+    for run_id in run_ids:
+        assert (cluster.run_dir(run_id) / "model" / "config.json").exists()
+    report = cluster.settings.artifact_dir / "sweeps" / sweep_id
+    assert (report / "metric.png").read_bytes().startswith(b"\x89PNG")
+    assert result.report_path == f"sweeps/{sweep_id}"
