@@ -79,8 +79,10 @@ async def test_a_halving_sweep_survives_a_killed_gpu_worker_and_an_orchestrator_
     killed, killed_run = await asyncio.wait_for(attempt_started(client, run_ids), KILL_WAIT)
     first.signal(signal.SIGKILL)
     first.wait(10)
-    cluster.start("gpu")
-    restart_orchestrator(cluster)
+    # A new GPU worker and a restarted orchestrator worker, both at once (each takes seconds to start).
+    await asyncio.gather(
+        asyncio.to_thread(cluster.start, "gpu"), asyncio.to_thread(restart_orchestrator, cluster)
+    )
     result = await asyncio.wait_for(handle.result(), 180)
 
     states = sorted(trial.state for trial in result.trials)

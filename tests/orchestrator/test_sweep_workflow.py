@@ -29,6 +29,7 @@ from durabert.shared.models import (
     BertFineTuneConfig,
     BertFineTuneResult,
     BertSweepResult,
+    SweepProgress,
     SweepReportRequest,
     SweepReportResult,
 )
@@ -229,6 +230,25 @@ async def test_halving_promotes_the_best_half_from_their_own_checkpoints(
     assert len(reports.reports) == 3  # a report after each rung
     assert sweep.report_path == "sweeps/halve"
     await record_history(client.get_workflow_handle("halve"), "sweep")
+
+
+async def test_a_long_history_continues_as_new_between_rungs_with_the_same_outcome(
+    client: Client, sweep_settings: DurabertSettings, workers: None, trials: FakeTrials, tmp_path: Path
+) -> None:
+    base = {"dataset_name": "json", "data_files": "reviews.jsonl", "max_steps": 8}
+    base["timeouts"] = {"continue_as_new_after_events": 1}  # type: ignore[assignment]
+    code, status, output = await run_sweep(
+        sweep_settings, write_sweep(tmp_path, "chain", base=base, **HALVING)
+    )
+    assert code == 0, output.stderr
+    sweep = BertSweepResult.model_validate(status["progress"]["sweep"])
+    assert (sweep.best_run_id, sweep.total_steps) == ("chain-02", 16)
+    assert sorted(trials.calls[4:6]) == [("chain-02", 4, True), ("chain-03", 4, True)]
+    assert trials.calls[6:] == [("chain-02", 8, True)]
+    progress = await client.get_workflow_handle("chain").query(
+        names.GET_PROGRESS_QUERY, result_type=SweepProgress
+    )
+    assert progress.continued_as_new == 2  # after rungs 0 and 1, never after the last
 
 
 async def test_sweep_status_marks_the_best_trial_and_names_the_plot(
