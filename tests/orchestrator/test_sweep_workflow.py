@@ -8,6 +8,7 @@ runs and can hold every attempt until released (to cancel a sweep, or restart it
 
 import asyncio
 import json
+import random
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
@@ -21,6 +22,7 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureEr
 from temporalio.common import RetryPolicy
 from temporalio.worker import Worker
 
+from durabert.orchestrator import sweep_grid
 from durabert.orchestrator.cli import execute
 from durabert.orchestrator.sweep_workflow import BertSweepWorkflow
 from durabert.shared import names
@@ -376,3 +378,21 @@ async def test_a_bad_sweep_file_is_refused_before_temporal_is_contacted(tmp_path
     path = write_sweep(tmp_path, "bad", strategy="successive_halving")
     assert await asyncio.wait_for(execute(["sweep", str(path)], nowhere, output=output), 10) == 2
     assert "needs base.max_steps (last rung) and min_steps (first rung)" in output.stderr
+
+
+@pytest.mark.parametrize("seed", [3, None])
+async def test_num_trials_samples_the_grid_reproducibly(
+    sweep_settings: DurabertSettings, workers: None, tmp_path: Path, seed: int | None
+) -> None:
+    sweep_id = f"sampled-{seed if seed is not None else 'drawn'}"
+    fields: dict[str, Any] = {"num_trials": 2} | ({"seed": seed} if seed is not None else {})
+    code, status, output = await run_sweep(sweep_settings, write_sweep(tmp_path, sweep_id, **fields))
+    assert code == 0, output.stderr
+    sweep = BertSweepResult.model_validate(status["progress"]["sweep"])
+    assert sweep.seed is not None  # drawn by the workflow when the file gives none, and reported
+    assert seed is None or sweep.seed == seed
+    grid = sweep_grid.grid_points({"learning_rate": RATES})
+    assert [trial.params for trial in sweep.trials] == sweep_grid.sample_points(
+        grid, 2, random.Random(sweep.seed)
+    )
+    assert [trial.run_id for trial in sweep.trials] == [f"{sweep_id}-01", f"{sweep_id}-02"]
