@@ -58,6 +58,8 @@ class LoadCluster:
     their CPU limit."""
     extra_env: dict[str, str] = field(default_factory=dict)
     """More environment for every worker (secrets, in the secrets test); wins over the rest."""
+    roles: tuple[str, ...] = tuple(SCRIPTS)
+    """Roles :meth:`start` starts (a serving benchmark needs no data worker)."""
     workers: dict[str, WorkerProcess] = field(default_factory=dict)
     """Running workers by role."""
 
@@ -97,12 +99,20 @@ class LoadCluster:
         return {names.QUEUES_MEMO_KEY: {role: self.queues[role] for role in ("data", "gpu", "inference")}}
 
     def start(self) -> "LoadCluster":
-        """Start the orchestrator, data and GPU workers and wait until each polls."""
-        for role, script in SCRIPTS.items():
-            worker = WorkerProcess(script, self.env, self.log_dir / f"{role}.log")
-            self.workers[role] = worker
-            worker.start(ready_timeout=120)
+        """Start the workers of :attr:`roles` (all three by default) and wait until each polls."""
+        for role in self.roles:
+            self.start_worker(role)
         return self
+
+    def start_worker(self, role: str) -> WorkerProcess:
+        """Start (or, after :meth:`stop_worker`, restart) one role's worker and wait until it polls."""
+        worker = WorkerProcess(SCRIPTS[role], self.env, self.log_dir / f"{role}.log")
+        self.workers[role] = worker
+        return worker.start(ready_timeout=120)
+
+    def stop_worker(self, role: str) -> None:
+        """Kill one role's worker, so it can start again with other settings (``extra_env``)."""
+        self.workers.pop(role).stop()
 
     def stop(self) -> None:
         """Kill every worker process (clean-up)."""
