@@ -180,6 +180,8 @@ class InferenceBatcher:
         self.stats.passes += 1
         self.stats.texts += len(texts)
         self.stats.largest_pass = max(self.stats.largest_pass, len(texts))
+        # Per pass, at DEBUG: how full passes run under a given load (benchmarks read it).
+        log.debug("inference pass", texts=len(texts), requests=len(batch), passes=self.stats.passes)
         offset = 0
         for waiting, start, end in batch:
             waiting.results.extend(predictions[offset : offset + end - start])
