@@ -7,8 +7,9 @@ the three workers as processes whose environment holds ``DURABERT_TEMPORAL__API_
 TLS proxy on loopback (``support.tls``): the dev server speaks plain text only, and an API
 key turns TLS on (``durabert.shared.client.tls_config``), so the key really travels, as a
 gRPC ``authorization`` header the dev server ignores, and the client key really signs the
-handshakes. Then every log line, both workflow histories (payloads decoded), every file
-under the artifact store and everything the CLI printed are searched for the secrets.
+handshakes. Then every log line, the training workflow's history and what the server keeps of the
+inference request (payloads decoded), every file under the artifact store and everything the CLI
+printed are searched for the secrets.
 """
 
 import asyncio
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from google.protobuf.json_format import MessageToJson
+from google.protobuf.message import Message
 from rich.console import Console
 from temporalio.client import Client, WorkflowFailureError
 
@@ -87,15 +90,27 @@ async def _history_strings(client: Client, workflow_id: str) -> list[str]:
     return list(_strings(json.loads(history.to_json())))
 
 
-async def _inference_ids(client: Client, queue: str) -> list[str]:
-    """Ids of the inference workflows on ``queue`` (visibility lags a little behind)."""
-    query = f"WorkflowType = '{names.INFERENCE_WORKFLOW}' AND TaskQueue = '{queue}'"
+async def _inference_activity_ids(client: Client, queue: str) -> set[str]:
+    """Ids of the standalone inference activities on ``queue`` (visibility lags a little behind)."""
+    query = f"ActivityType = '{names.RUN_BERT_INFERENCE}' AND TaskQueue = '{queue}'"
     for _ in range(50):
-        ids = [execution.id async for execution in client.list_workflows(query)]
+        ids = {execution.activity_id async for execution in client.list_activities(query)}
         if ids:
             return ids
         await asyncio.sleep(0.1)
-    return []
+    return set()
+
+
+async def _activity_strings(client: Client, activity_id: str) -> list[str]:
+    """Every string the server keeps of a standalone activity: its info, input and outcome."""
+    handle = client.get_activity_handle(activity_id)
+    described = await handle.describe(include_input=True, include_outcome=True)
+    messages = [described.raw_info, described.raw_input, described.raw_outcome]
+    return [text for message in messages if message is not None for text in _strings(_as_json(message))]
+
+
+def _as_json(message: Message) -> Any:
+    return json.loads(MessageToJson(message))
 
 
 def _file_texts(root: Path) -> Iterator[str]:
@@ -216,9 +231,11 @@ async def test_pipeline_with_secrets_leaves_them_in_no_log_history_or_artifact(
             assert code == 0, printed[-1]
         client = await connect_client(settings)
         histories = await _history_strings(client, run_id)
-        inference_ids = await _inference_ids(client, cluster.queues["orchestrator"])
-        assert len(inference_ids) == 1
-        histories += await _history_strings(client, inference_ids[0])
+        # `durabert infer` starts a standalone activity: the server keeps its input and outcome.
+        (inference_id,) = await _inference_activity_ids(client, cluster.queues["inference"])
+        inference = await _activity_strings(client, inference_id)
+        assert any("the film was wonderful" in text for text in inference)  # the scan reads the payloads
+        histories += inference
     finally:
         cluster.stop()
 
