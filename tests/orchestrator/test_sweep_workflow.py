@@ -18,7 +18,7 @@ import pytest
 import yaml
 from cli_capture import Captured
 from temporalio import activity, workflow
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import RetryPolicy
 from temporalio.worker import Worker
 
@@ -328,10 +328,12 @@ async def test_cancelling_a_sweep_cancels_every_trial_and_waits_for_them(
     path = write_sweep(tmp_path, "stopme", max_concurrent_trials=3)
     assert await execute(["sweep", str(path)], sweep_settings, output=output) == 0, output.stderr
     await eventually(lambda: trials.running == 3)
-    handle = client.get_workflow_handle("stopme")
-    await handle.cancel()
-    with pytest.raises(WorkflowFailureError):
-        await handle.result()
+    # `durabert cancel` takes a sweep id as it takes a run id; --wait returns once the sweep closed.
+    cancelled = Captured()
+    assert await execute(["cancel", "stopme", "--wait"], sweep_settings, output=cancelled) == 0, (
+        cancelled.stderr
+    )
+    assert "run stopme is canceled" in cancelled.stdout
     # Every attempt that trained was cancelled and had stopped before the sweep closed.
     assert sorted(trials.cancelled) == ["stopme-01", "stopme-02", "stopme-03"]
     assert trials.running == 0
