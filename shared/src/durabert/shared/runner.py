@@ -154,6 +154,7 @@ async def run_worker(settings: DurabertSettings, spec: WorkerSpec) -> int:
         workflows=len(spec.workflows),
         build_id=settings.worker.build_id if spec.versioned else None,
     )
+
     async def run_all() -> None:
         await asyncio.gather(*(worker.run() for worker in workers))
 
