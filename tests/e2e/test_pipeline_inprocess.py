@@ -41,9 +41,10 @@ async def test_snapshot_train_and_infer_with_real_workers(
     client: Client, settings: DurabertSettings, tiny_model_dir: Path
 ) -> None:
     suffix = uuid.uuid4().hex[:8]
-    settings.queues.data, settings.queues.gpu, settings.queues.orchestrator = (
+    settings.queues.data, settings.queues.gpu, settings.queues.inference, settings.queues.orchestrator = (
         f"data-{suffix}",
         f"gpu-{suffix}",
+        f"infer-{suffix}",
         f"orch-{suffix}",
     )
     data_file = write_reviews(settings.data_dir / "reviews.jsonl", rows=240)
@@ -63,8 +64,9 @@ async def test_snapshot_train_and_infer_with_real_workers(
     )
 
     async with AsyncExitStack() as stack:
-        for spec in (orchestrator_spec(settings), data_spec(settings), gpu_spec(settings)):
-            await stack.enter_async_context(build_worker(client, settings, spec))
+        for role in (orchestrator_spec(settings), data_spec(settings), gpu_spec(settings)):
+            for spec in role.all_specs():  # the GPU worker's inference queue too
+                await stack.enter_async_context(build_worker(client, settings, spec))
         handle = await client.start_workflow(
             names.TRAINING_WORKFLOW,
             config,

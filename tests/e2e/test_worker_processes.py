@@ -140,7 +140,9 @@ CHUNK_ROWS = 10
 
 def complete_chunks(cluster: Cluster, run_id: str) -> int:
     predictions = ArtifactStore(cluster.settings.artifact_dir).run_dir(run_id) / "predictions"
-    return len(list(predictions.glob(f"*/chunks-*/*/{MARKER_FILE}")))
+    # Not a chunk still under its hidden temporary name: complete means renamed into place.
+    markers = predictions.glob(f"*/chunks-*/*/{MARKER_FILE}")
+    return sum(not marker.parent.name.startswith(".") for marker in markers)
 
 
 async def test_batch_scoring_resumes_at_the_first_missing_chunk_after_a_sigkill(
