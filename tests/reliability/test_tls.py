@@ -167,10 +167,12 @@ async def test_mutual_tls_client_certificate_is_sent_and_required(
         with pytest.raises(TemporalUnreachableError, match=f"cannot reach Temporal at {mtls_proxy.address}"):
             await connect_client(tls_settings(mtls_proxy.address, tls_ca_path=trusted.ca.cert, **client_cert))
         assert mtls_proxy.handshakes == handshakes
-        # The client may try the connection more than once; every try is refused the same way.
+        # The client may try the connection more than once (a late retry of the previous case may
+        # land here too): this case's refusal is among them, and every refusal is an expected one.
         refusals = mtls_proxy.refusals_since(errors)
         assert refusals, "the client never tried a handshake"
-        assert all(reason in refusal for refusal in refusals), refusals
+        assert any(reason in refusal for refusal in refusals), refusals
+        assert all(any(kind in refusal for kind in refused) for refusal in refusals), refusals
 
 
 def tls_worker_env(worker_env: dict[str, str], address: str, queue: str, **tls: Path | str) -> dict[str, str]:
