@@ -6,6 +6,7 @@ started.
 """
 
 import argparse
+import asyncio
 import os
 import shutil
 import signal
@@ -13,8 +14,11 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from temporalio.client import Client
 
 
 def find_temporal_cli() -> Path:
@@ -53,6 +57,21 @@ def _port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+def _frontend_healthy(address: str) -> bool:
+    """True once a client connects: the port opens before the frontend answers ("not healthy yet")."""
+
+    async def probe() -> bool:
+        try:
+            await Client.connect(address)
+        except RuntimeError:
+            return False
+        return True
+
+    # A thread of its own: the caller may already run an event loop (an async test, the demo).
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, probe()).result()
+
+
 @dataclass
 class DevServer:
     """One headless ``temporal server start-dev`` process with its state folder."""
@@ -85,10 +104,10 @@ class DevServer:
         return pid
 
     def start(self, timeout: float = 30.0) -> int:
-        """Start the server (or find it running) and wait until it accepts connections.
+        """Start the server (or find it running) and wait until its frontend answers clients.
 
         Args:
-            timeout: Seconds to wait for the port.
+            timeout: Seconds to wait for it.
 
         Returns:
             The server's PID.
@@ -111,7 +130,7 @@ class DevServer:
         self._process = process
         self.pid_file.write_text(str(process.pid))
         deadline = time.monotonic() + timeout
-        while not _port_open(self.port):
+        while not (_port_open(self.port) and _frontend_healthy(self.address)):
             if process.poll() is not None:
                 raise RuntimeError(f"temporal dev server exited; see {self.state_dir / 'temporal.log'}")
             if time.monotonic() > deadline:
