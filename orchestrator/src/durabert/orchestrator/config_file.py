@@ -8,10 +8,10 @@ import json
 import sys
 from collections.abc import Hashable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from durabert.orchestrator.run_ids import check_run_id, generate_run_id
 from durabert.shared.errors import describe_validation_error
@@ -147,3 +147,30 @@ def build_inference_request(run_id: str, texts: list[str], **options: Any) -> Be
         return BertInferenceRequest.model_validate({"run_id": run_id, "texts": texts, **options})
     except ValidationError as exc:
         raise UserInputError(describe_validation_error(exc)) from None
+
+
+RequestModel = TypeVar("RequestModel", bound=BaseModel)
+
+
+def load_run_request(model: type[RequestModel], path: Path, run_id: str) -> RequestModel:
+    """Validate a config file for a command on a finished run (``predict``, ``eval``) before Temporal.
+
+    Args:
+        model: The request model the file's fields belong to (unknown keys are refused).
+        path: A ``.yaml``, ``.yml`` or ``.json`` file.
+        run_id: The command's ``RUN_ID``, which wins over the file's.
+
+    Returns:
+        The validated request.
+
+    Raises:
+        UserInputError: Each bad field on its own line, as ``FILE: field: why (got value)``.
+    """
+    if (reason := check_run_id(run_id)) is not None:
+        raise UserInputError(f"RUN_ID: {reason} (got {run_id!r})")
+    data = read_config_mapping(path)
+    try:
+        return model.model_validate(data | {"run_id": run_id})
+    except ValidationError as exc:
+        lines = describe_validation_error(exc).splitlines()
+        raise UserInputError("\n".join(f"{path}: {line}" for line in lines)) from None

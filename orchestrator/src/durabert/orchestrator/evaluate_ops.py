@@ -10,17 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
 from rich.table import Table
 from rich.text import Text
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy
 
 from durabert.orchestrator.client_ops import failure_message, failure_type, status_name
-from durabert.orchestrator.config_file import UserInputError, read_config_mapping
-from durabert.orchestrator.run_ids import check_run_id
+from durabert.orchestrator.config_file import load_run_request
 from durabert.shared import names
-from durabert.shared.errors import describe_validation_error
 from durabert.shared.models import BertEvaluationRequest, BertEvaluationResult
 from durabert.shared.settings import DurabertSettings
 
@@ -52,14 +49,7 @@ def load_evaluation_request(path: Path, run_id: str) -> BertEvaluationRequest:
     Raises:
         UserInputError: Each bad field on its own line, as ``FILE: field: why (got value)``.
     """
-    if (reason := check_run_id(run_id)) is not None:
-        raise UserInputError(f"RUN_ID: {reason} (got {run_id!r})")
-    data = read_config_mapping(path)
-    try:
-        return BertEvaluationRequest.model_validate(data | {"run_id": run_id})
-    except ValidationError as exc:
-        lines = describe_validation_error(exc).splitlines()
-        raise UserInputError("\n".join(f"{path}: {line}" for line in lines)) from None
+    return load_run_request(BertEvaluationRequest, path, run_id)
 
 
 @dataclass
