@@ -197,4 +197,40 @@ def test_continuing_a_finished_run_to_more_steps_trains_on_from_its_final_checkp
     assert "data.example/train.jsonl" in written
 
 
+def _train_in_rungs(tmp_path, tiny_model_dir, name: str, rungs: list[int], **config: object):
+    """Train one run to each rung's steps in turn (continuing from its own checkpoint); its weights."""
+    root = tmp_path / name
+    snapshot = write_snapshot(root)
+    settings = settings_for(root, tmp_path)
+    for rung, steps in enumerate(rungs):
+        request = make_request(
+            tiny_model_dir, snapshot, max_steps=steps, checkpoint_steps=4, continue_run=rung > 0, **config
+        )
+        result = run_training(make_job(request, settings), lambda e: None, threading.Event())
+        assert result.global_step == steps
+    from safetensors.torch import load_file
+
+    return load_file(ArtifactStore(root).model_dir("run-1") / "model.safetensors")
+
+
+def test_a_run_trained_in_rungs_on_the_full_schedule_ends_as_the_full_run(tmp_path, tiny_model_dir):
+    # Successive halving trains a trial to 4 steps, then on to 8, then 12: told the whole schedule
+    # (lr_schedule_steps), the rungs train exactly as one 12-step run would.
+    whole = _train_in_rungs(tmp_path, tiny_model_dir, "whole", [12])
+    rungs = _train_in_rungs(tmp_path, tiny_model_dir, "rungs", [4, 8, 12], lr_schedule_steps=12)
+    # Without it each rung decays the rate to zero at its own end, a different training.
+    squeezed = _train_in_rungs(tmp_path, tiny_model_dir, "squeezed", [4, 8, 12])
+    import torch
+
+    assert rungs.keys() == whole.keys() == squeezed.keys()
+    assert all(torch.allclose(rungs[name], whole[name], atol=1e-5) for name in whole)
+    assert not all(torch.allclose(squeezed[name], whole[name], atol=1e-4) for name in whole)
+
+
+def test_a_schedule_shorter_than_the_run_is_refused(tmp_path, tiny_model_dir):
+    snapshot = write_snapshot(tmp_path)
+    with pytest.raises(ValueError, match=r"lr_schedule_steps \(8\) must be at least max_steps \(12\)"):
+        make_request(tiny_model_dir, snapshot, max_steps=12, lr_schedule_steps=8)
+
+
 # Out-of-memory retries (half the per-device batch, twice the accumulation): test_gpu_resources.py.

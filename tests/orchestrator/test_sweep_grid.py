@@ -14,8 +14,17 @@ from durabert.shared.models import BertSweepConfig, SweepTrial
 BASE = {"dataset_name": "json", "data_files": "reviews.jsonl", "max_steps": 8}
 
 
-def trial(number: int, metric: float | None, *, state: str = "completed", rung: int = 0) -> SweepTrial:
-    return SweepTrial(run_id=f"sw-{number:02d}", params={}, metric=metric, state=state, rung=rung)  # type: ignore[arg-type]
+def trial(
+    number: int, metric: float | None, *, state: str = "completed", rung: int = 0, loss: float | None = None
+) -> SweepTrial:
+    return SweepTrial(
+        run_id=f"sw-{number:02d}",
+        params={},
+        metric=metric,
+        eval_loss=loss,
+        state=state,
+        rung=rung,  # type: ignore[arg-type]
+    )
 
 
 def test_the_grid_is_the_product_with_the_last_field_varying_fastest() -> None:
@@ -75,6 +84,15 @@ def test_promotion_keeps_the_best_fraction_with_ties_to_the_earlier_trial() -> N
     assert sweep_grid.promote(trials, [0, 3], 3, "max") == [0]  # at least one goes on
 
 
+def test_a_tie_of_the_metric_goes_to_the_lower_held_out_loss() -> None:
+    # After a few steps every trial predicts the majority class: the same accuracy, different losses.
+    majority = 0.5067
+    trials = [trial(1, majority, loss=0.70), trial(2, majority, loss=0.64), trial(3, majority, loss=0.69)]
+    trials.append(trial(4, majority))  # no loss reported: after those that have one
+    assert sweep_grid.promote(trials, range(4), 2, "max") == [1, 2]
+    assert sweep_grid.ranked(trials, "max") == [1, 2, 0, 3]
+
+
 def test_min_mode_prefers_the_smaller_metric() -> None:
     trials = [trial(1, 0.30), trial(2, 0.10), trial(3, 0.20), trial(4, 0.40)]
     assert sweep_grid.promote(trials, range(4), 2, "min") == [1, 2]
@@ -115,6 +133,14 @@ def sweep_config(**fields: Any) -> BertSweepConfig:
         (
             {"strategy": "successive_halving", "min_steps": 2, "parameters": {"max_steps": [4, 8]}},
             "max_steps per rung: it cannot be a swept parameter",
+        ),
+        (
+            {"strategy": "successive_halving", "min_steps": 2, "parameters": {"lr_schedule_steps": [8, 16]}},
+            "lr_schedule_steps per rung: it cannot be a swept parameter",
+        ),
+        (
+            {"parameters": {"lr_schedule_steps": [4, 8]}},
+            "lr_schedule_steps (4) must be at least max_steps (8)",
         ),
         ({"parameters": {"seed": list(range(10)), "batch_size": list(range(1, 12))}}, "set num_trials"),
         ({"sweep_id": "s" * 61}, "at most 60 characters"),

@@ -58,6 +58,8 @@ class FakeTrials:
         self.running = 0
         self.most_running = 0
         self.cancelled: list[str] = []
+        self.schedules: list[int | None] = []
+        """Each attempt's ``lr_schedule_steps``, in call order."""
         self.failing = failing
         self.release = asyncio.Event()
         self.release.set()
@@ -69,6 +71,7 @@ class FakeTrials:
         """Train "to" max_steps (from the run's last step when continuing); heartbeat while held."""
         assert config.run_id is not None
         self.calls.append((config.run_id, config.max_steps, config.continue_run))
+        self.schedules.append(config.lr_schedule_steps)
         self.running += 1
         self.most_running = max(self.most_running, self.running)
         try:
@@ -215,6 +218,8 @@ async def test_halving_promotes_the_best_half_from_their_own_checkpoints(
     # The best half (02, 03) continue to 4 steps, then the best of those (02) to 8, each with continue_run.
     assert sorted(trials.calls[4:6]) == [("halve-02", 4, True), ("halve-03", 4, True)]
     assert trials.calls[6:] == [("halve-02", 8, True)]
+    # Every rung keeps the whole run's learning-rate schedule (to base.max_steps).
+    assert trials.schedules == [8] * 7
     states = {trial.run_id: trial.state for trial in sweep.trials}
     assert states == {
         "halve-01": "stopped",

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from transformers import TrainerCallback
+from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from durabert.gpu_worker import checkpoints, storage
@@ -70,6 +70,31 @@ class DurabertTrainingPlan(TrainerCallback, ExportableState):  # type: ignore[mi
     def state(self) -> dict[str, Any]:
         """The plan, as the Trainer saves callback states."""
         return {"args": dict(self.plan), "attributes": {}}
+
+
+class DurabertTrainer(Trainer):  # type: ignore[misc]
+    """A ``Trainer`` whose learning-rate schedule may span more steps than the run trains.
+
+    The linear schedule decays to zero over ``max(the run's steps, lr_schedule_steps)``: a run told
+    a longer horizon trains its steps exactly as the longer run would. The scheduler's state in a
+    checkpoint is its step count only, so a continued run rebuilds the same schedule from it.
+    """
+
+    def __init__(self, *args: Any, lr_schedule_steps: int | None = None, **kwargs: Any) -> None:
+        """Build the Trainer.
+
+        Args:
+            *args: ``Trainer`` arguments.
+            lr_schedule_steps: Steps the learning rate decays over (None: the run's own).
+            **kwargs: ``Trainer`` keyword arguments.
+        """
+        super().__init__(*args, **kwargs)
+        self.lr_schedule_steps = lr_schedule_steps
+
+    def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
+        """The Trainer's scheduler over the longer of the run's steps and ``lr_schedule_steps``."""
+        horizon = max(num_training_steps, self.lr_schedule_steps or 0)
+        return super().create_scheduler(horizon, optimizer)
 
 
 def _accuracy(prediction: Any) -> dict[str, float]:
@@ -131,9 +156,9 @@ def build_trainer(prepared: PreparedRun, callback: DurabertCallback) -> Any:
     Returns:
         A ``transformers.Trainer``.
     """
-    from transformers import PrinterCallback, Trainer
+    from transformers import PrinterCallback
 
-    trainer = Trainer(
+    trainer = DurabertTrainer(
         model=prepared.model,
         args=_training_arguments(prepared),
         train_dataset=prepared.train_set,
@@ -141,6 +166,7 @@ def build_trainer(prepared: PreparedRun, callback: DurabertCallback) -> Any:
         processing_class=prepared.tokenizer,
         compute_metrics=_accuracy,
         callbacks=[callback, DurabertTrainingPlan(**prepared.plan.state()["args"])],
+        lr_schedule_steps=prepared.job.request.config.lr_schedule_steps,
     )
     # Sequence-classification models take loss kwargs yet return a per-batch mean: told so, the
     # Trainer divides by the accumulation steps, and a batch split after running out of memory

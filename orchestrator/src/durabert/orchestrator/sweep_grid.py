@@ -5,6 +5,7 @@ workflow passes its own random source (seeded) into :func:`sample_points`, so re
 """
 
 import itertools
+import math
 import random
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -96,12 +97,14 @@ def steps_trained(global_step: int, step_before: int) -> int:
     return max(0, global_step - step_before)
 
 
-def ranking_key(trial: SweepTrial, index: int, mode: Mode) -> tuple[bool, int, float, int]:
-    """Sort key of a trial: with a metric first, furthest rung first, best metric, then grid order.
+def ranking_key(trial: SweepTrial, index: int, mode: Mode) -> tuple[bool, int, float, float, int]:
+    """Sort key of a trial: with a metric first, furthest rung first, best metric, lower loss, grid order.
 
     A trial without a metric (failed before any rung finished, or evaluation without that metric)
     ranks last; a trial evaluated at a later rung ranks above one stopped earlier, whose metric was
-    measured after fewer steps; ties go to the earlier trial, so the ranking is deterministic.
+    measured after fewer steps; a tie of the metric goes to the lower held-out loss (after a few
+    steps many trials tie on accuracy, each predicting the majority class), then to the earlier
+    trial, so the ranking is deterministic.
 
     Args:
         trial: The trial.
@@ -112,9 +115,10 @@ def ranking_key(trial: SweepTrial, index: int, mode: Mode) -> tuple[bool, int, f
         A key for ``sorted`` (smallest = best).
     """
     if trial.metric is None:
-        return (True, 0, 0.0, index)
+        return (True, 0, 0.0, 0.0, index)
     signed = -trial.metric if mode == "max" else trial.metric
-    return (False, -trial.rung, signed, index)
+    loss = trial.eval_loss if trial.eval_loss is not None else math.inf
+    return (False, -trial.rung, signed, loss, index)
 
 
 def ranked(trials: Sequence[SweepTrial], mode: Mode) -> list[int]:

@@ -132,10 +132,16 @@ def _new_sweep(cfg: BertSweepConfig) -> BertSweepResult:
 def _trial_config(
     cfg: BertSweepConfig, trial: SweepTrial, rung: int, steps: int | None
 ) -> BertFineTuneConfig:
-    """The training config of one trial at one rung: base, its parameters, and the rung's steps."""
+    """The training config of one trial at one rung: base, its parameters, and the rung's steps.
+
+    Every rung of successive halving keeps the learning-rate schedule of the whole run (to
+    ``base.max_steps``), so a trial stopped at a rung has trained exactly as its full run would have
+    up to there, and a promoted trial goes on with the schedule it began.
+    """
     update: dict[str, Any] = trial.params | {"run_id": trial.run_id, "continue_run": rung > 0}
     if cfg.strategy == "successive_halving":
         update["max_steps"] = steps
+        update["lr_schedule_steps"] = cfg.base.lr_schedule_steps or cfg.base.max_steps
     return BertFineTuneConfig.model_validate(cfg.base.model_dump() | update)
 
 
@@ -261,6 +267,7 @@ class BertSweepWorkflow:
         trial.steps_trained += sweep_grid.steps_trained(result.global_step, trial.global_step)
         trial.global_step = result.global_step
         trial.metric = metric
+        trial.eval_loss = (result.eval_metrics or {}).get("eval_loss")
         trial.points.append(SweepPoint(step=result.global_step, metric=metric))
         if metric is None:
             known = ", ".join(sorted(result.eval_metrics or {})) or "none"

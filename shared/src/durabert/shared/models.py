@@ -253,6 +253,11 @@ class BertFineTuneConfig(_DatasetSource):
     """Per-device training batch size."""
     learning_rate: float = Field(default=5e-5, gt=0, le=1.0)
     """Peak learning rate of AdamW."""
+    lr_schedule_steps: int | None = Field(default=None, ge=1, le=10_000_000)
+    """Optimizer steps over which the learning rate decays linearly from ``learning_rate`` to zero; at
+    least the run's own steps (``max_steps``). None: the run's own steps. A longer horizon stops a run
+    early in its schedule, as the same run with more steps would be at that step: successive halving
+    sets it to ``base.max_steps`` for every rung, so a promoted trial continues the schedule it began."""
     max_seq_length: int = Field(default=128, ge=8, le=512)
     """Tokens per example after truncation."""
     task_type: Literal["classification"] = "classification"
@@ -281,6 +286,16 @@ class BertFineTuneConfig(_DatasetSource):
     run_id: RunId | None = None
     """Run identifier (folder and workflow id); the workflow id when empty, which must then be a valid
     run id itself."""
+
+    @model_validator(mode="after")
+    def _schedule_covers_the_run(self) -> "BertFineTuneConfig":
+        horizon, steps = self.lr_schedule_steps, self.max_steps
+        if horizon is not None and steps is not None and horizon < steps:
+            raise ValueError(
+                f"lr_schedule_steps ({horizon}) must be at least max_steps ({steps}): "
+                "the learning rate would reach zero before training ends"
+            )
+        return self
 
     def snapshot_request(self, run_id: str) -> DatasetSnapshotRequest:
         """Build the data worker's request for this config.
@@ -1019,8 +1034,9 @@ class BertSweepConfig(ContractModel):
         return self
 
     def _check_halving(self) -> None:
-        if "max_steps" in self.parameters:
-            raise ValueError("successive_halving sets max_steps per rung: it cannot be a swept parameter")
+        for name in ("max_steps", "lr_schedule_steps"):
+            if name in self.parameters:
+                raise ValueError(f"successive_halving sets {name} per rung: it cannot be a swept parameter")
         if self.base.max_steps is None or self.min_steps is None:
             raise ValueError("successive_halving needs base.max_steps (last rung) and min_steps (first rung)")
         if self.min_steps >= self.base.max_steps:
@@ -1047,6 +1063,9 @@ class SweepTrial(ContractModel):
     """Optimizer steps the trial's model has trained (at its last finished rung)."""
     metric: float | None = None
     """The sweep's metric at its last finished rung."""
+    eval_loss: float | None = None
+    """Held-out loss at its last finished rung: breaks ties of the metric (many barely trained trials
+    tie on accuracy, all predicting the majority class)."""
     state: TrialState = "pending"
     """Where the trial is."""
     rung: int = Field(default=-1, ge=-1)
