@@ -273,6 +273,12 @@ async def test_sweep_status_marks_the_best_trial_and_names_the_plot(
     assert "*" not in next(line for line in lines if "table-01" in line)
     assert "best table-02 (eval_accuracy 0.7080)" in shown.stdout
     assert f"plot: {sweep_settings.artifact_dir / 'sweeps' / 'table' / 'metric.png'}" in shown.stdout
+    # `durabert status` of a sweep id points to the command that shows it.
+    told = Captured()
+    assert await execute(["status", "table"], sweep_settings, output=told) == 0, told.stderr
+    assert "table is a BertSweepWorkflow workflow, not a training run: see durabert sweep status table" in (
+        told.stdout + told.stderr
+    )
 
 
 async def test_a_failed_trial_is_recorded_and_the_sweep_goes_on(

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Final, NoReturn
 
 from rich.console import Console
 from rich.table import Table
@@ -379,6 +379,13 @@ def _print_progress(output: Output, state: RunStatus, queue: str) -> None:
         )
 
 
+_SHOWN_BY: Final = {
+    names.SWEEP_WORKFLOW: "durabert sweep status {id}",
+    names.BATCH_INFERENCE_WORKFLOW: "durabert watch {id}",
+}
+"""The command that shows a workflow of another kind than training, by workflow type."""
+
+
 def _print_status(output: Output, state: RunStatus, queue: str) -> None:
     output.out.print(
         f"run {state.run_id}: {state.status} (started {_when(state.start_time)}"
@@ -388,7 +395,9 @@ def _print_status(output: Output, state: RunStatus, queue: str) -> None:
         soft_wrap=True,
     )
     if state.workflow_type != names.TRAINING_WORKFLOW:
-        output.say(f"note: {state.run_id} is a {state.workflow_type} workflow, not a training run")
+        shown_by = _SHOWN_BY.get(state.workflow_type)
+        hint = f": see {shown_by.format(id=state.run_id)}" if shown_by else ""
+        output.say(f"note: {state.run_id} is a {state.workflow_type} workflow, not a training run{hint}")
         return
     _print_progress(output, state, queue)
     if state.live is not None and state.live.device is not None:
