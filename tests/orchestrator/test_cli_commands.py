@@ -478,10 +478,11 @@ async def test_sigint_while_watching_detaches_the_real_process(
                 await asyncio.sleep(0.1)
         await drive(trainer, client, run_id, range(1, 2))
         assert process.stdout is not None
-        line = await asyncio.to_thread(process.stdout.readline)
+        # Bounded: a CLI that never shows progress fails the test (and is killed below), not hangs it.
+        line = await asyncio.wait_for(asyncio.to_thread(process.stdout.readline), timeout=60)
         while "step 1/4" not in line:
             assert line, "the CLI ended before showing progress"
-            line = await asyncio.to_thread(process.stdout.readline)
+            line = await asyncio.wait_for(asyncio.to_thread(process.stdout.readline), timeout=60)
         process.send_signal(signal.SIGINT)
         stdout, stderr = await asyncio.to_thread(process.communicate, timeout=30)
     finally:
