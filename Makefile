@@ -14,7 +14,9 @@ PYTEST_ARGS ?=
 PYTEST_WORKERS ?= 2
 KILL ?= 1
 STORE ?= local
-export UV_LINK_MODE ?= copy
+# Hard links from uv's cache: the workspace (torch with its CUDA libraries, 6.5 GB) syncs in seconds
+# instead of minutes of copying. uv falls back to copying where the cache is on another filesystem.
+export UV_LINK_MODE ?= hardlink
 
 .PHONY: help setup test lint unit isolation demo demo-data server-start server-stop clean
 

@@ -3,8 +3,8 @@ GPU worker SIGKILLed mid-attempt (replaced by a new one) and a restart of the or
 every trial completes its rungs, the killed attempt is retried, the best model is published and the
 sweep's plot is in the artifact store.
 
-Cancellation is covered by ``tests/orchestrator/test_sweep_workflow.py`` (every child cancelled and
-waited for); cancelling a run's training with real processes frees the GPU in ``test_worker_processes``.
+A cancelled sweep stops its training trial on the real GPU worker: the training process is gone,
+no trial is left running and the freed slot trains the next run.
 """
 
 import asyncio
@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError
 
+from durabert.orchestrator.cli import execute
 from durabert.shared import names
 from durabert.shared.models import BertFineTuneResult, BertSweepConfig, BertSweepResult
 from support.cluster import SCRIPTS, Cluster, progress_of
+from support.processes import WorkerProcess
 
 pytestmark = pytest.mark.slow
 
@@ -102,3 +104,41 @@ async def test_a_halving_sweep_survives_a_killed_gpu_worker_and_an_orchestrator_
     report = cluster.settings.artifact_dir / "sweeps" / sweep_id
     assert (report / "metric.png").read_bytes().startswith(b"\x89PNG")
     assert result.report_path == f"sweeps/{sweep_id}"
+
+
+async def test_cancelling_a_sweep_stops_its_trials_and_frees_the_gpu(
+    client: Client, cluster: Cluster, gpu_worker: WorkerProcess, tiny_model_dir: Path
+) -> None:
+    sweep_id = f"stop-{uuid.uuid4().hex[:6]}"
+    base = cluster.config("unused", tiny_model_dir, max_steps=5000)
+    config = BertSweepConfig(
+        sweep_id=sweep_id,
+        base=base.model_copy(update={"run_id": None}),
+        parameters={"learning_rate": [1e-4, 3e-4]},
+        max_concurrent_trials=2,
+    )
+    run_ids = [f"{sweep_id}-01", f"{sweep_id}-02"]
+    handle = await client.start_workflow(
+        names.SWEEP_WORKFLOW,
+        config,
+        id=sweep_id,
+        task_queue=cluster.settings.queues.orchestrator,
+        memo=cluster.settings.queue_memo(),
+    )
+    # One trial trains in the worker's only slot; the other waits for it.
+    await asyncio.wait_for(attempt_started(client, run_ids), KILL_WAIT)
+    started = await asyncio.to_thread(
+        gpu_worker.wait_for, lambda line: line.get("event") == "training process started", KILL_WAIT
+    )
+
+    assert await execute(["cancel", sweep_id, "--wait"], settings=cluster.settings) == 0
+
+    assert (await handle.describe()).status == WorkflowExecutionStatus.CANCELED
+    for run_id in run_ids:
+        trial = await client.get_workflow_handle(run_id).describe()
+        assert trial.status == WorkflowExecutionStatus.CANCELED, run_id
+    gpu_worker.wait_for(lambda line: line.get("event") == "training stopped", 5)
+    assert not Path(f"/proc/{started['pid']}").exists()
+    # The slot is free: the next run trains on the same worker.
+    after = await cluster.start_run(client, cluster.config(f"after-{sweep_id}", tiny_model_dir, max_steps=2))
+    assert (await asyncio.wait_for(after.result(), 120)).global_step == 2
