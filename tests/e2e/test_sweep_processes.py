@@ -18,8 +18,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError
 
 from durabert.orchestrator.cli import execute
-from durabert.shared import names
-from durabert.shared.models import BertFineTuneResult, BertSweepConfig, BertSweepResult
+from durabert.shared.models import BertFineTuneResult, BertSweepConfig
 from support.cluster import SCRIPTS, Cluster, progress_of
 from support.processes import WorkerProcess
 
@@ -70,14 +69,7 @@ async def test_a_halving_sweep_survives_a_killed_gpu_worker_and_an_orchestrator_
     config = sweep_config(cluster, tiny_model_dir, sweep_id)
     run_ids = [f"{sweep_id}-0{n}" for n in range(1, TRIALS + 1)]
     first = cluster.start("gpu")
-    handle = await client.start_workflow(
-        names.SWEEP_WORKFLOW,
-        config,
-        id=sweep_id,
-        task_queue=cluster.settings.queues.orchestrator,
-        memo=cluster.settings.queue_memo(),
-        result_type=BertSweepResult,
-    )
+    handle = await cluster.start_sweep(client, config)
     killed, killed_run = await asyncio.wait_for(attempt_started(client, run_ids), KILL_WAIT)
     first.signal(signal.SIGKILL)
     first.wait(10)
@@ -118,13 +110,7 @@ async def test_cancelling_a_sweep_stops_its_trials_and_frees_the_gpu(
         max_concurrent_trials=2,
     )
     run_ids = [f"{sweep_id}-01", f"{sweep_id}-02"]
-    handle = await client.start_workflow(
-        names.SWEEP_WORKFLOW,
-        config,
-        id=sweep_id,
-        task_queue=cluster.settings.queues.orchestrator,
-        memo=cluster.settings.queue_memo(),
-    )
+    handle = await cluster.start_sweep(client, config)
     # One trial trains in the worker's only slot; the other waits for it.
     await asyncio.wait_for(attempt_started(client, run_ids), KILL_WAIT)
     started = await asyncio.to_thread(

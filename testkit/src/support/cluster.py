@@ -18,7 +18,14 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 
 from durabert.orchestrator.devserver import DevServer
 from durabert.shared import names
-from durabert.shared.models import BertFineTuneConfig, BertFineTuneResult, TrainingHeartbeat, TrainingProgress
+from durabert.shared.models import (
+    BertFineTuneConfig,
+    BertFineTuneResult,
+    BertSweepConfig,
+    BertSweepResult,
+    TrainingHeartbeat,
+    TrainingProgress,
+)
 from durabert.shared.settings import DurabertSettings
 from support.datasets import write_reviews
 from support.processes import WorkerProcess
@@ -66,13 +73,22 @@ class Cluster:
         return BertFineTuneConfig.model_validate(base | overrides)
 
     async def start_run(self, client: Client, config: BertFineTuneConfig) -> WorkflowHandle[Any, Any]:
+        return await self._start(client, names.TRAINING_WORKFLOW, config, config.run_id, BertFineTuneResult)
+
+    async def start_sweep(self, client: Client, config: BertSweepConfig) -> WorkflowHandle[Any, Any]:
+        return await self._start(client, names.SWEEP_WORKFLOW, config, config.sweep_id, BertSweepResult)
+
+    async def _start(
+        self, client: Client, workflow: str, config: Any, workflow_id: str | None, result_type: type
+    ) -> WorkflowHandle[Any, Any]:
+        """Start a workflow on the orchestrator queue, with the queues in its memo as the CLI does."""
         return await client.start_workflow(
-            names.TRAINING_WORKFLOW,
+            workflow,
             config,
-            id=config.run_id or "",
+            id=workflow_id or "",
             task_queue=self.settings.queues.orchestrator,
             memo=self.settings.queue_memo(),
-            result_type=BertFineTuneResult,
+            result_type=result_type,
         )
 
     def run_dir(self, run_id: str) -> Path:
