@@ -208,21 +208,26 @@ class TlsProxy:
             self._thread.join(timeout=10)
         self._loop.close()
 
-    def refusals_since(self, count: int, timeout: float = 5.0) -> list[str]:
+    def refusals_since(self, count: int, timeout: float = 5.0, naming: str = "") -> list[str]:
         """Wait for handshake failures after the first ``count`` ones and return them.
 
         A client that rejects the proxy's certificate has already raised by the time the
-        proxy's thread records the failed handshake, hence the wait.
+        proxy's thread records the failed handshake, hence the wait; and a late retry of an
+        earlier connection may be recorded first, hence ``naming``.
 
         Args:
             count: How many failures were recorded before (``len(handshake_errors)``).
-            timeout: Seconds to wait for at least one more.
+            timeout: Seconds to wait.
+            naming: Wait until one of them contains this text (any failure will do when empty).
 
         Returns:
-            The failures recorded after the first ``count``; empty if none came in time.
+            The failures recorded after the first ``count``; without one naming ``naming`` if none
+            came in time.
         """
         deadline = time.monotonic() + timeout
-        while len(self.handshake_errors) <= count and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            if any(naming in failure for failure in self.handshake_errors[count:]):
+                break
             time.sleep(0.02)
         return self.handshake_errors[count:]
 
