@@ -39,9 +39,9 @@ from durabert.orchestrator.config_file import (
     UserInputError,
     build_inference_request,
     load_config,
+    load_run_request,
     read_texts,
 )
-from durabert.orchestrator.predict_ops import load_batch_request
 from durabert.orchestrator.progress import (
     format_progress,
     predictions_table,
@@ -608,12 +608,12 @@ def _prepare(args: argparse.Namespace) -> _Handler:
         )
         return lambda ctx: _infer(ctx, request)
     if args.command == "predict":
-        batch = load_batch_request(args.config, args.run_id)
+        batch = load_run_request(BertBatchInferenceRequest, args.config, args.run_id)
         return lambda ctx: _predict(ctx, batch)
     if args.command == "sweep":
         return _prepare_sweep(args.target)
     if args.command == "eval":
-        evaluation = evaluate_ops.load_evaluation_request(args.config, args.run_id)
+        evaluation = load_run_request(BertEvaluationRequest, args.config, args.run_id)
         return lambda ctx: _eval(ctx, evaluation)
     return _COMMANDS[args.command]
 

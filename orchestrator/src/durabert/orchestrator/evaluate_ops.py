@@ -7,7 +7,6 @@ the summary and, per label, precision, recall, F1 and support, then the confusio
 
 import secrets
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from rich.table import Table
@@ -16,7 +15,6 @@ from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy
 
 from durabert.orchestrator.client_ops import failure_message, failure_type, status_name
-from durabert.orchestrator.config_file import load_run_request
 from durabert.shared import names
 from durabert.shared.models import BertEvaluationRequest, BertEvaluationResult
 from durabert.shared.settings import DurabertSettings
@@ -33,23 +31,6 @@ def evaluation_workflow_id(run_id: str, token: str | None = None) -> str:
         The workflow id.
     """
     return f"eval-{run_id}-{token if token is not None else secrets.token_hex(4)}"
-
-
-def load_evaluation_request(path: Path, run_id: str) -> BertEvaluationRequest:
-    """Read and validate ``durabert eval``'s config file before Temporal is contacted.
-
-    Args:
-        path: A ``.yaml``, ``.yml`` or ``.json`` file of ``BertEvaluationRequest`` fields (the
-            dataset as training takes it, plus ``split`` and ``max_samples``); unknown keys are refused.
-        run_id: The run whose model is evaluated (the command's ``RUN_ID``, which wins over the file's).
-
-    Returns:
-        The validated request.
-
-    Raises:
-        UserInputError: Each bad field on its own line, as ``FILE: field: why (got value)``.
-    """
-    return load_run_request(BertEvaluationRequest, path, run_id)
 
 
 @dataclass

@@ -33,7 +33,6 @@ from durabert.orchestrator.client_ops import (
     failure_type,
     status_name,
 )
-from durabert.orchestrator.config_file import load_run_request
 from durabert.shared import names
 from durabert.shared.models import (
     BatchInferenceProgress,
@@ -236,20 +235,3 @@ def copy_output(settings: DurabertSettings, output_path: str, target: Path) -> P
         raise FileNotFoundError(f"{objects.url_of(output_path)} does not exist")
     target.write_bytes(data)
     return target
-
-
-def load_batch_request(path: Path, run_id: str) -> BertBatchInferenceRequest:
-    """Read and validate ``durabert predict``'s config file before Temporal is contacted.
-
-    Args:
-        path: A ``.yaml``, ``.yml`` or ``.json`` file of ``BertBatchInferenceRequest`` fields (the
-            dataset as training takes it, without labels, plus scoring sizes); unknown keys are refused.
-        run_id: The run whose model scores (the command's ``RUN_ID``, which wins over the file's).
-
-    Returns:
-        The validated request.
-
-    Raises:
-        UserInputError: Each bad field on its own line, as ``FILE: field: why (got value)``.
-    """
-    return load_run_request(BertBatchInferenceRequest, path, run_id)
